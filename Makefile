@@ -1,0 +1,38 @@
+# Every command a user needs. Each target sets up .venv first (idempotent).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+
+.PHONY: setup demo test gui bench xvfb clean
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# A virtual screen for the GUI tests (skipped where there is no apt-get or no root).
+xvfb:
+	@command -v Xvfb >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb >/dev/null) || \
+		echo "note: Xvfb is not installed; the tests that open the real window will be skipped"; }
+
+demo: setup
+	$(PY) scripts/preview.py training_presets/demo.json --csv output/demo/preview.csv --png output/demo/preview.png
+	$(PY) scripts/train.py training_presets/demo.json
+
+test: setup xvfb
+	$(PY) -m pytest
+
+gui: setup
+	$(PY) main.py
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf output test-artifacts .pytest_cache

@@ -1,0 +1,70 @@
+"""Duration values: how long a warmup, a cycle or an interval lasts.
+
+A duration is written as an integer (optimizer steps) or a string:
+`"120"`, `"120 steps"`, `"1.5 epochs"` (times steps per epoch) or `"10%"`
+(of the plan's total steps). `parse_duration` only checks the syntax (the
+config validator calls it, so a typo is caught before any plan exists);
+`Duration.to_steps` converts to optimizer steps and is called by the step
+plan alone. Rounding is to the nearest step, halves up, once.
+"""
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from modules.errors import ConfigError
+
+DurationValue = int | str
+
+_PATTERN = re.compile(
+    r"^\s*(?P<amount>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>steps?|epochs?|%)?\s*$", re.IGNORECASE
+)
+DURATION_HELP = 'an integer number of steps, or a string like "200", "200 steps", "1.5 epochs" or "10%"'
+
+
+@dataclass(frozen=True)
+class Duration:
+    amount: float
+    unit: Literal["steps", "epochs", "percent"]
+
+    def to_steps(self, steps_per_epoch: int, total_steps: int) -> int:
+        """Optimizer steps, rounded to the nearest integer (halves up)."""
+        if self.unit == "steps":
+            exact = self.amount
+        elif self.unit == "epochs":
+            exact = self.amount * steps_per_epoch
+        else:
+            exact = self.amount / 100.0 * total_steps
+        return int(math.floor(exact + 0.5))
+
+    def __str__(self) -> str:
+        amount = f"{self.amount:g}"
+        return {"steps": f"{amount} steps", "epochs": f"{amount} epochs", "percent": f"{amount}%"}[
+            self.unit
+        ]
+
+
+def parse_duration(value: DurationValue, key: str) -> Duration:
+    """Parse a duration; ConfigError naming `key` if it is not one."""
+    if isinstance(value, bool):
+        raise ConfigError(f"expected {DURATION_HELP}, got {value!r}", key)
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"must not be negative, got {value}", key)
+        return Duration(float(value), "steps")
+    if isinstance(value, float):
+        if value < 0 or not math.isfinite(value):
+            raise ConfigError(f"must be a non-negative number of steps, got {value}", key)
+        return Duration(value, "steps")
+    if isinstance(value, str):
+        match = _PATTERN.match(value)
+        if match:
+            amount = float(match.group("amount"))
+            unit = (match.group("unit") or "steps").lower()
+            if unit == "%":
+                if amount > 100:
+                    raise ConfigError(f"a percentage must be at most 100%, got {value!r}", key)
+                return Duration(amount, "percent")
+            return Duration(amount, "epochs" if unit.startswith("epoch") else "steps")
+    raise ConfigError(f"expected {DURATION_HELP}, got {value!r}", key)

@@ -1,0 +1,241 @@
+"""Schedule shapes: pure, vectorised formulas for the LR multiplier f(k).
+
+Every function here takes the resolved schedule (all durations already in
+optimizer steps, see `modules.step_plan`) and an integer array of optimizer
+steps k (0-based) and returns f(k) as float64. The learning rate of
+parameter group g at step k is `base_lr[g] * f(k)`. Nothing here keeps
+state and nothing converts units.
+
+Notation (SPEC §2): T total steps, Wu warmup steps, D = max(1, T - Wu),
+p = (k - Wu) / D, m = min_factor, g(v) = m + (1 - m) * v.
+
+1. warmup, k < Wu:         s + (1 - s) * k / Wu       (s = warmup_start_factor)
+2. after warmup, k >= Wu:  the shape below
+3. past the plan, k >= T:  f(T - 1)  (no shape rises, restarts or divides by zero there)
+
+Expressions are written in the same order as `diffusers.optimization` so
+that, with m = 0 and s = 0, the curves agree with it to the last bit or so.
+
+Schedule-free optimizers apply their own warmup inside `step()`. For them
+`applied_multipliers` is 1 (the param-group LR stays at the base LR) and
+`effective_multipliers` is what the optimizer really uses:
+AdamW: (k + 1) / Wu for k < Wu, else 1; RAdam: the rectification term
+sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+for rho_t > 4, else 0 (schedulefree's `silent_sgd_phase`).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ResolvedSchedule:
+    """A schedule with every duration converted to optimizer steps."""
+
+    type: str
+    total_steps: int
+    warmup_steps: int = 0
+    warmup_start_factor: float = 0.0
+    min_factor: float = 0.0
+    cycles: float = 1.0
+    power: float = 1.0
+    period_steps: int = 0
+    timescale_steps: int = 0
+    decay_steps: int = 0
+    decay_shape: str = "linear"
+    piecewise: tuple[tuple[int, float], ...] = ()
+    schedule_free: str | None = None
+    beta2: float = 0.999
+
+
+def _g(schedule: ResolvedSchedule, v: np.ndarray) -> np.ndarray:
+    """g(v) = m + (1 - m) * v: scales a 1 -> 0 shape onto 1 -> min_factor."""
+    m = schedule.min_factor
+    return m + (1.0 - m) * v
+
+
+def _progress(schedule: ResolvedSchedule, k: np.ndarray) -> np.ndarray:
+    """p = (k - Wu) / D, D = max(1, T - Wu)."""
+    return (k - schedule.warmup_steps).astype(np.float64) / float(
+        max(1, schedule.total_steps - schedule.warmup_steps)
+    )
+
+
+def _remaining(schedule: ResolvedSchedule, k: np.ndarray) -> np.ndarray:
+    """1 - p, computed as (T - k) / D like diffusers' linear schedule."""
+    return (schedule.total_steps - k).astype(np.float64) / float(
+        max(1, schedule.total_steps - schedule.warmup_steps)
+    )
+
+
+def constant(schedule, k):
+    """f = 1"""
+    return np.ones(k.shape, dtype=np.float64)
+
+
+def linear(schedule, k):
+    """f = g(1 - p)"""
+    return _g(schedule, _remaining(schedule, k))
+
+
+def cosine(schedule, k):
+    """f = g(0.5 * (1 + cos(pi * p)))"""
+    return _g(schedule, 0.5 * (1.0 + np.cos(np.pi * 0.5 * 2.0 * _progress(schedule, k))))
+
+
+def cosine_with_restarts(schedule, k):
+    """Smooth waves: f = g(0.5 * (1 + cos(2 * pi * c * p)))"""
+    return _g(
+        schedule,
+        0.5 * (1.0 + np.cos(np.pi * float(schedule.cycles) * 2.0 * _progress(schedule, k))),
+    )
+
+
+def cosine_with_hard_restarts(schedule, k):
+    """f = g(0.5 * (1 + cos(pi * ((c * p) mod 1))))"""
+    phase = np.mod(float(schedule.cycles) * _progress(schedule, k), 1.0)
+    return _g(schedule, 0.5 * (1.0 + np.cos(np.pi * phase)))
+
+
+def polynomial(schedule, k):
+    """f = g((1 - p) ** q)"""
+    return _g(schedule, _remaining(schedule, k) ** schedule.power)
+
+
+def sine(schedule, k):
+    """A full wave every P steps after warmup, starting at the top, m at half period:
+    f = g(0.5 * (1 + cos(2 * pi * (k - Wu) / P)))"""
+    phase = (k - schedule.warmup_steps).astype(np.float64) / float(schedule.period_steps)
+    return _g(schedule, 0.5 * (1.0 + np.cos(2.0 * np.pi * phase)))
+
+
+def rex(schedule, k):
+    """f = g((1 - p) / (0.1 + 0.9 * (1 - p)))"""
+    remaining = _remaining(schedule, k)
+    return _g(schedule, remaining / (0.1 + 0.9 * remaining))
+
+
+def inverse_sqrt(schedule, k):
+    """f = max(m, 1 / sqrt((k - Wu + t) / t)), t = timescale_steps (as transformers)"""
+    timescale = float(schedule.timescale_steps)
+    shift = timescale - schedule.warmup_steps
+    decay = 1.0 / np.sqrt((k + shift) / timescale)
+    return np.maximum(schedule.min_factor, decay)
+
+
+def warmup_stable_decay(schedule, k):
+    """1 while k < T - Dd; then q = (k - (T - Dd)) / Dd and
+    linear g(1 - q), cosine g(0.5 * (1 + cos(pi * q))) or sqrt g(1 - sqrt(q))."""
+    decay_steps = schedule.decay_steps
+    result = np.ones(k.shape, dtype=np.float64)
+    if decay_steps <= 0:
+        return result
+    decay_start = schedule.total_steps - decay_steps
+    in_decay = k >= decay_start
+    q = (k[in_decay] - decay_start).astype(np.float64) / float(decay_steps)
+    if schedule.decay_shape == "linear":
+        v = 1.0 - q
+    elif schedule.decay_shape == "cosine":
+        v = 0.5 * (1.0 + np.cos(np.pi * q))
+    else:
+        v = 1.0 - np.sqrt(q)
+    result[in_decay] = _g(schedule, v)
+    return result
+
+
+def piecewise_constant(schedule, k):
+    """The multiplier of the last [boundary, multiplier] entry whose boundary is <= k."""
+    boundaries = np.array([boundary for boundary, _ in schedule.piecewise], dtype=np.int64)
+    values = np.array([value for _, value in schedule.piecewise], dtype=np.float64)
+    return values[np.searchsorted(boundaries, k, side="right") - 1]
+
+
+SHAPES = {
+    "constant": constant,
+    "linear": linear,
+    "cosine": cosine,
+    "cosine_with_restarts": cosine_with_restarts,
+    "cosine_with_hard_restarts": cosine_with_hard_restarts,
+    "polynomial": polynomial,
+    "sine": sine,
+    "rex": rex,
+    "inverse_sqrt": inverse_sqrt,
+    "warmup_stable_decay": warmup_stable_decay,
+    "piecewise_constant": piecewise_constant,
+}
+
+
+def _as_steps(schedule: ResolvedSchedule, steps) -> np.ndarray:
+    """Steps as int64, clipped to the plan: k >= T is read as T - 1."""
+    if steps is None:
+        return np.arange(schedule.total_steps, dtype=np.int64)
+    k = np.asarray(steps, dtype=np.int64)
+    if k.size and k.min() < 0:
+        raise ValueError(f"optimizer steps are 0-based, got {int(k.min())}")
+    return np.minimum(k, schedule.total_steps - 1)
+
+
+def applied_multipliers(schedule: ResolvedSchedule, steps=None) -> np.ndarray:
+    """f(k): the factor written into each param group's lr before optimizer step k.
+
+    `steps` defaults to every step of the plan, 0 .. T - 1.
+    """
+    k = _as_steps(schedule, steps)
+    if schedule.schedule_free:
+        return np.ones(k.shape, dtype=np.float64)
+    result = np.empty(k.shape, dtype=np.float64)
+    warmup_steps = schedule.warmup_steps
+    in_warmup = k < warmup_steps
+    if in_warmup.any():
+        s = schedule.warmup_start_factor
+        result[in_warmup] = s + (1.0 - s) * (k[in_warmup].astype(np.float64) / float(max(1, warmup_steps)))
+    after = ~in_warmup
+    if after.any():
+        result[after] = SHAPES[schedule.type](schedule, k[after])
+    return result
+
+
+def effective_multipliers(schedule: ResolvedSchedule, steps=None) -> np.ndarray:
+    """The factor the optimizer really uses at step k: what preview and TensorBoard show.
+
+    Equal to `applied_multipliers` except for schedule-free optimizers, whose
+    own warmup (AdamW) or rectification (RAdam) is applied inside `step()`.
+    """
+    k = _as_steps(schedule, steps)
+    if schedule.schedule_free == "adamw_schedule_free":
+        if schedule.warmup_steps <= 0:
+            return np.ones(k.shape, dtype=np.float64)
+        return np.minimum(1.0, (k + 1).astype(np.float64) / float(schedule.warmup_steps))
+    if schedule.schedule_free == "radam_schedule_free":
+        return radam_rectification(k, schedule.beta2)
+    return applied_multipliers(schedule, k)
+
+
+def radam_rectification(k: np.ndarray, beta2: float) -> np.ndarray:
+    """schedulefree.RAdamScheduleFree's LR factor at optimizer step k (silent SGD phase on)."""
+    step = (np.asarray(k, dtype=np.int64) + 1).astype(np.float64)
+    beta2_t = beta2**step
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * step * beta2_t / (1.0 - beta2_t)
+    safe = np.where(rho_t > 4.0, rho_t, 5.0)
+    rect = np.sqrt((safe - 4.0) * (safe - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * safe))
+    return np.where(rho_t > 4.0, rect, 0.0)
+
+
+def cycle_starts(schedule: ResolvedSchedule) -> list[int]:
+    """Optimizer steps at which a new cycle begins (restart shapes and sine); [] otherwise.
+
+    Derived from the same expression the curve uses, so the marks in the
+    preview fall exactly where the curve jumps.
+    """
+    total, warmup_steps = schedule.total_steps, schedule.warmup_steps
+    if schedule.schedule_free:
+        return []
+    if schedule.type == "sine":
+        return list(range(warmup_steps + schedule.period_steps, total, schedule.period_steps))
+    if schedule.type in ("cosine_with_restarts", "cosine_with_hard_restarts"):
+        k = np.arange(warmup_steps, total, dtype=np.int64)
+        cycle_index = np.floor(float(schedule.cycles) * _progress(schedule, k))
+        return [int(step) for step in k[1:][np.diff(cycle_index) > 0]]
+    return []

@@ -1,0 +1,303 @@
+"""The step plan: the one place where training time is counted.
+
+Inputs (SPEC §1): N images (from `modules.image_listing.list_images`, the
+same files the data loader reads), repeats r, per-process batch size B,
+gradient accumulation A, processes W, drop_last, and epochs E or max_steps.
+
+    samples per epoch            S = N * r
+    micro-batches per process    M = ceil(S / (B * W))   (floor with drop_last; M == 0 is an error)
+    optimizer steps per epoch    U = ceil(M / A)          (the last window of an epoch may be partial)
+    total optimizer steps        T = E * U, or T = max_steps when it is set
+
+Every duration of the preset (warmup, period, timescale, decay, piecewise
+boundaries, checkpoint and sample intervals) is converted to optimizer
+steps here and nowhere else. The training loop takes exactly T optimizer
+steps and the scheduler is built from this same object.
+"""
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+from modules.config import SCHEDULE_FREE_OPTIMIZERS, Preset
+from modules.durations import parse_duration
+from modules.errors import ConfigError
+from modules.image_listing import list_images
+from modules.schedules import ResolvedSchedule, cycle_starts
+
+TRANSFORMERS_DEFAULT_TIMESCALE = 10_000
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    num_images: int
+    repeats: int
+    batch_size: int
+    gradient_accumulation_steps: int
+    num_processes: int
+    drop_last: bool
+    requested_epochs: int | None
+    max_steps: int | None
+    samples_per_epoch: int
+    micro_batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    schedule: ResolvedSchedule
+    checkpoint_steps: tuple[int, ...] = ()
+    sample_steps: tuple[int, ...] = ()
+    warnings: tuple[str, ...] = field(default=())
+
+    # --- derived views ---------------------------------------------------------
+
+    @property
+    def num_epochs(self) -> int:
+        """Epochs the run touches: ceil(T / U)."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.schedule.warmup_steps
+
+    @property
+    def epoch_starts(self) -> list[int]:
+        """The optimizer step at which each epoch begins (0, U, 2U, ...)."""
+        return list(range(0, self.total_steps, self.steps_per_epoch))
+
+    @property
+    def cycle_starts(self) -> list[int]:
+        return cycle_starts(self.schedule)
+
+    @property
+    def samples_per_micro_batch(self) -> int:
+        """Samples one micro-batch holds across all processes: B * W."""
+        return self.batch_size * self.num_processes
+
+    def position(self, global_step: int) -> tuple[int, int]:
+        """(epoch, step within that epoch) of optimizer step `global_step` (0-based)."""
+        return divmod(global_step, self.steps_per_epoch)
+
+    def micro_batch_window(self, step_in_epoch: int) -> range:
+        """Indices of the micro-batches (per process, within the epoch) that form one optimizer step."""
+        first = step_in_epoch * self.gradient_accumulation_steps
+        return range(first, min(first + self.gradient_accumulation_steps, self.micro_batches_per_epoch))
+
+    def identity(self) -> dict:
+        """What a resumed run must share with the run that wrote the checkpoint."""
+        return {
+            "images": self.num_images,
+            "repeats": self.repeats,
+            "batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "num_processes": self.num_processes,
+            "drop_last": self.drop_last,
+            "epochs": self.requested_epochs if self.max_steps is None else None,
+            "max_steps": self.max_steps,
+            "total_steps": self.total_steps,
+            "schedule": asdict(self.schedule),
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def summary(self) -> str:
+        """One line: '7 images x 1 repeat, batch 1, accumulation 2 -> 4 steps/epoch x 3 epochs = 12 steps, warmup 0'."""
+        processes = f" x {self.num_processes} processes" if self.num_processes > 1 else ""
+        length = (
+            f"{self.steps_per_epoch} steps/epoch x {self.num_epochs} epoch{'s' * (self.num_epochs != 1)}"
+            if self.max_steps is None
+            else f"{self.steps_per_epoch} steps/epoch, max_steps"
+        )
+        return (
+            f"{self.num_images} image{'s' * (self.num_images != 1)} x {self.repeats} "
+            f"repeat{'s' * (self.repeats != 1)}, batch {self.batch_size}{processes}, "
+            f"accumulation {self.gradient_accumulation_steps} -> {length} = {self.total_steps} steps, "
+            f"warmup {self.warmup_steps}"
+        )
+
+
+def describe_changes(old_identity: dict, new_identity: dict) -> list[str]:
+    """Human-readable differences between two plan identities, one per changed field."""
+    changes = []
+    for key in sorted(set(old_identity) | set(new_identity)):
+        old, new = old_identity.get(key), new_identity.get(key)
+        if key == "schedule" and isinstance(old, dict) and isinstance(new, dict):
+            for name in sorted(set(old) | set(new)):
+                if old.get(name) != new.get(name):
+                    changes.append(f"scheduler {name}: {old.get(name)!r} -> {new.get(name)!r}")
+        elif old != new:
+            changes.append(f"{key}: {old!r} -> {new!r}")
+    return changes
+
+
+def count_images(preset: Preset) -> int:
+    if not preset.data.path:
+        raise ConfigError("is not set: choose the folder of training images", "data.path")
+    return len(list_images(preset.data.path))
+
+
+def build_step_plan(preset: Preset, num_images: int | None = None) -> StepPlan:
+    """The plan for `preset`. Counts the dataset folder unless `num_images` is given."""
+    if num_images is None:
+        num_images = count_images(preset)
+    if num_images < 1:
+        raise ConfigError("the dataset holds no images", "data.path")
+    data, training, scheduler = preset.data, preset.training, preset.scheduler
+    batch, processes, accumulation = training.batch_size, training.num_processes, training.gradient_accumulation_steps
+
+    samples = num_images * data.repeats
+    per_step = batch * processes
+    micro_batches = samples // per_step if data.drop_last else math.ceil(samples / per_step)
+    if micro_batches == 0:
+        raise ConfigError(
+            f"drop_last leaves no batch: {samples} samples per epoch < batch {batch} x {processes} processes",
+            "data.drop_last",
+        )
+    steps_per_epoch = math.ceil(micro_batches / accumulation)
+    total = training.max_steps if training.max_steps is not None else training.epochs * steps_per_epoch
+
+    def steps(value, key: str) -> int:
+        return parse_duration(value, key).to_steps(steps_per_epoch, total)
+
+    warmup = steps(scheduler.warmup, "scheduler.warmup")
+    if warmup >= total:
+        raise ConfigError(
+            f"warmup of {warmup} steps must be shorter than the run ({total} steps)", "scheduler.warmup"
+        )
+
+    period = 0
+    if scheduler.type == "sine":
+        period = steps(scheduler.period, "scheduler.period")
+        if period < 2:
+            raise ConfigError(f"must be at least 2 steps, got {period} ({scheduler.period!r})", "scheduler.period")
+
+    timescale = 0
+    if scheduler.type == "inverse_sqrt":
+        if scheduler.timescale is not None:
+            timescale = steps(scheduler.timescale, "scheduler.timescale")
+            if timescale < 1:
+                raise ConfigError(f"must be at least 1 step, got {timescale}", "scheduler.timescale")
+        else:
+            timescale = warmup or TRANSFORMERS_DEFAULT_TIMESCALE
+
+    decay = 0
+    if scheduler.type == "warmup_stable_decay":
+        decay = steps(scheduler.decay, "scheduler.decay")
+        if decay > total - warmup:
+            raise ConfigError(
+                f"decay of {decay} steps is longer than the {total - warmup} steps after warmup",
+                "scheduler.decay",
+            )
+
+    piecewise: tuple[tuple[int, float], ...] = ()
+    if scheduler.type == "piecewise_constant":
+        resolved = [(steps(boundary, "scheduler.steps"), value) for boundary, value in scheduler.steps]
+        for (previous, _), (boundary, _) in zip(resolved, resolved[1:]):
+            if boundary <= previous:
+                raise ConfigError(
+                    f"boundaries must increase; {boundary} steps follows {previous} steps "
+                    f"(after converting to steps of this plan)",
+                    "scheduler.steps",
+                )
+        piecewise = tuple(resolved)
+
+    schedule_free = preset.optimizer.type if preset.optimizer.type in SCHEDULE_FREE_OPTIMIZERS else None
+    schedule = ResolvedSchedule(
+        type=scheduler.type,
+        total_steps=total,
+        warmup_steps=warmup,
+        warmup_start_factor=scheduler.warmup_start_factor,
+        min_factor=scheduler.min_factor,
+        cycles=float(scheduler.cycles),
+        power=float(scheduler.power),
+        period_steps=period,
+        timescale_steps=timescale,
+        decay_steps=decay,
+        decay_shape=scheduler.decay_shape,
+        piecewise=piecewise,
+        schedule_free=schedule_free,
+        beta2=float(preset.optimizer.betas[1]),
+    )
+
+    def interval_steps(value, key: str) -> tuple[int, ...]:
+        if value is None:
+            return ()
+        every = steps(value, key)
+        if every < 1:
+            raise ConfigError(f"must be at least 1 step, got {every} ({value!r})", key)
+        return tuple(range(every, total + 1, every))
+
+    plan = StepPlan(
+        num_images=num_images,
+        repeats=data.repeats,
+        batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        num_processes=processes,
+        drop_last=data.drop_last,
+        requested_epochs=training.epochs,
+        max_steps=training.max_steps,
+        samples_per_epoch=samples,
+        micro_batches_per_epoch=micro_batches,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        schedule=schedule,
+        checkpoint_steps=interval_steps(preset.output.checkpoint_every, "output.checkpoint_every"),
+        sample_steps=interval_steps(preset.output.sample_every, "output.sample_every"),
+    )
+    return _with_warnings(plan, preset)
+
+
+def _with_warnings(plan: StepPlan, preset: Preset) -> StepPlan:
+    """Attach what a careful user wants to know before training."""
+    warnings = []
+    schedule = plan.schedule
+    remainder = plan.micro_batches_per_epoch % plan.gradient_accumulation_steps
+    if remainder:
+        warnings.append(
+            f"the last optimizer step of each epoch holds {remainder} of "
+            f"{plan.gradient_accumulation_steps} micro-batches (its loss is averaged over {remainder})"
+        )
+    per_step = plan.samples_per_micro_batch
+    if plan.drop_last and plan.samples_per_epoch % per_step:
+        warnings.append(
+            f"drop_last skips {plan.samples_per_epoch % per_step} of {plan.samples_per_epoch} samples each epoch"
+        )
+    elif plan.num_processes > 1 and plan.samples_per_epoch % per_step:
+        warnings.append(
+            f"{plan.samples_per_epoch} samples do not split evenly over batch {plan.batch_size} x "
+            f"{plan.num_processes} processes: the last micro-batch of each epoch is filled with repeated samples"
+        )
+    if plan.max_steps is not None and plan.total_steps % plan.steps_per_epoch:
+        warnings.append(
+            f"max_steps {plan.max_steps} ends partway through epoch {plan.num_epochs} "
+            f"({plan.total_steps % plan.steps_per_epoch} of {plan.steps_per_epoch} steps)"
+        )
+    if schedule.warmup_steps * 2 > plan.total_steps:
+        warnings.append(f"warmup ({schedule.warmup_steps} steps) is over half the run ({plan.total_steps} steps)")
+    decay_steps = max(1, plan.total_steps - schedule.warmup_steps)
+    if schedule.type in ("cosine_with_restarts", "cosine_with_hard_restarts") and decay_steps / schedule.cycles < 2:
+        warnings.append(
+            f"{schedule.cycles:g} cycles over {decay_steps} steps leaves fewer than 2 steps per cycle"
+        )
+    if schedule.type == "sine":
+        if schedule.period_steps > plan.total_steps - schedule.warmup_steps:
+            warnings.append(
+                f"the sine period ({schedule.period_steps} steps) is longer than the run after warmup "
+                f"({plan.total_steps - schedule.warmup_steps} steps): not one full wave"
+            )
+        if schedule.period_steps % 2:
+            warnings.append(
+                f"the sine period ({schedule.period_steps} steps) is odd: the floor (min_factor) falls between two steps"
+            )
+    if schedule.min_factor > 0 and schedule.type in ("constant", "piecewise_constant"):
+        warnings.append(f"min_factor has no effect with the {schedule.type} schedule")
+    if plan.schedule.schedule_free and schedule.min_factor > 0:
+        warnings.append("min_factor has no effect with a schedule-free optimizer")
+    if (
+        preset.training.max_steps is not None
+        and "epochs" in preset.training.model_fields_set
+        and preset.training.epochs is not None
+    ):
+        warnings.append(f"training.max_steps ({plan.max_steps}) overrides training.epochs ({preset.training.epochs})")
+    return StepPlan(**{**plan.__dict__, "warnings": tuple(warnings)})

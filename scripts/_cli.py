@@ -1,0 +1,21 @@
+"""Shared command-line plumbing: bad input is one line on stderr and exit status 2."""
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from modules.errors import ConfigError  # noqa: E402
+
+EXIT_BAD_INPUT = 2
+
+
+@contextmanager
+def user_errors(program: str):
+    """Turn ConfigError (and unreadable files) into `program: error: ...` and exit 2."""
+    try:
+        yield
+    except ConfigError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)

@@ -1,0 +1,71 @@
+"""Preview a preset's step plan and learning-rate curve without training.
+
+    python scripts/preview.py PRESET [--set KEY=VALUE]... [--csv FILE] [--png FILE]
+
+Prints the plan (images, micro-batches, steps per epoch, total steps,
+warmup, cycle boundaries, warnings); `--csv` writes `step,lr/<group>...`
+for every optimizer step, `--png` a picture of the curve. Does not import
+torch.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from _cli import user_errors
+
+from modules.config import load_preset
+from modules.errors import ConfigError
+from modules.preview import build_preview
+
+PROGRAM = "preview.py"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0])
+    parser.add_argument("preset", help="preset JSON file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a preset value, e.g. --set scheduler.warmup=10%%")
+    parser.add_argument("--csv", metavar="FILE", help="write the curve as CSV (one row per optimizer step)")
+    parser.add_argument("--png", metavar="FILE", help="write a picture of the curve")
+    args = parser.parse_args(argv)
+
+    with user_errors(PROGRAM):
+        preset = load_preset(args.preset, args.overrides)
+        preview = build_preview(preset)
+        print("\n".join(preview.report_lines()))
+        if args.csv:
+            _write(args.csv, preview.curve.write_csv)
+            print(f"curve written to {args.csv}")
+        if args.png:
+            _write(args.png, lambda path: _save_png(preview, path))
+            print(f"picture written to {args.png}")
+    return 0
+
+
+def _write(path: str, writer) -> None:
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        writer(path)
+    except OSError as error:
+        raise ConfigError(f"cannot write '{path}': {error.strerror}") from None
+
+
+def _save_png(preview, path: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ui.curve_plot import draw_preview
+
+    figure = Figure(figsize=(10, 4.8), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    draw_preview(figure, preview)
+    if preview.plan.warnings:
+        figure.get_layout_engine().set(h_pad=0.1)
+        figure.supxlabel("warnings: " + "; ".join(preview.plan.warnings), fontsize="x-small", color="#a04000",
+                         wrap=True)
+    figure.savefig(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
