@@ -1,0 +1,217 @@
+"""Checkpoints (SPEC §6): written whole or not at all, loaded without pickle.
+
+Writing (`begin_checkpoint` / `finish_checkpoint`): the main process creates
+`checkpoints/.step-XXXXXXXX.tmp/`, every process writes its RNG state there,
+the main process writes the weights, optimizer, training state and config, then
+renames the folder to `checkpoints/step-XXXXXXXX/`. Only after the rename are
+checkpoints beyond `keep_checkpoints` (oldest by global_step) deleted, so a
+kill at any moment leaves the previous complete checkpoint untouched.
+
+Reading: `newest_checkpoint` picks the complete folder with the highest
+global_step (read from its training_state.json, not parsed from the name);
+temporary folders are ignored. Every file is checked before anything is
+changed; a missing or unreadable one is a ConfigError naming the file.
+Tensors are read with safetensors or `torch.load(weights_only=True)`.
+"""
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from modules.errors import ConfigError
+from modules.training import paths
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """training_state.json: where the run stands after `global_step` optimizer steps."""
+
+    global_step: int
+    epoch: int
+    step_in_epoch: int
+    micro_batch_in_epoch: int
+    seed: int
+    total_steps: int
+    num_processes: int
+    plan_fingerprint: str
+    plan_identity: dict
+    format_version: int = paths.TRAINING_STATE_FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n"
+
+
+# --- RNG state ---------------------------------------------------------------
+
+
+def capture_rng_state() -> dict:
+    """Python, NumPy, torch and CUDA global RNG states, as tensors and plain values (weights_only-safe)."""
+    version, python_state, gauss = random.getstate()
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(python_state), gauss],
+        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(position), int(has_gauss),
+                  float(cached)],
+        "torch": torch.random.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    version, python_state, gauss = state["python"]
+    random.setstate((version, tuple(python_state), gauss))
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.random.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- writing -----------------------------------------------------------------
+
+
+def begin_checkpoint(output_dir: Path, global_step: int) -> Path:
+    """Create an empty temporary folder for the checkpoint at `global_step` (main process only)."""
+    temporary = paths.temporary_checkpoint_dir(output_dir, global_step)
+    if temporary.exists():  # left by a run that was killed while writing
+        shutil.rmtree(temporary)
+    temporary.mkdir(parents=True)
+    return temporary
+
+
+def write_rng_state(folder: Path, rank: int) -> None:
+    torch.save(capture_rng_state(), folder / paths.rng_state_file(rank))
+
+
+def write_checkpoint_files(folder: Path, *, save_weights, optimizer_state: dict, state: TrainingState,
+                           config: dict) -> None:
+    """The main process's files. `save_weights(folder)` writes a save_pretrained folder."""
+    save_weights(folder / paths.UNET_DIR)
+    torch.save(optimizer_state, folder / paths.OPTIMIZER_FILE)
+    (folder / paths.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    # training_state.json last: a folder holding it has every other file.
+    (folder / paths.TRAINING_STATE_FILE).write_text(state.to_json(), encoding="utf-8")
+
+
+def finish_checkpoint(output_dir: Path, temporary: Path, global_step: int, keep: int) -> Path:
+    """Rename the temporary folder into place, then delete checkpoints beyond the `keep` newest."""
+    final = paths.checkpoints_dir(output_dir) / paths.checkpoint_name(global_step)
+    if final.exists():
+        # The same step again (e.g. a resumed run stopped where it started): training is
+        # deterministic, so the complete folder already holds this state; keep it untouched.
+        shutil.rmtree(temporary)
+    else:
+        os.replace(temporary, final)
+    prune_checkpoints(output_dir, keep)
+    return final
+
+
+def complete_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """(global_step, folder) of every complete checkpoint, oldest first."""
+    root = paths.checkpoints_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.iterdir():
+        if folder.name.startswith(paths.TEMPORARY_PREFIX) or not folder.is_dir():
+            continue
+        if not folder.name.startswith(paths.CHECKPOINT_PREFIX):
+            continue
+        found.append((read_training_state(folder).global_step, folder))
+    return sorted(found)
+
+
+def prune_checkpoints(output_dir: Path, keep: int) -> None:
+    """Delete complete checkpoints beyond the `keep` newest, and leftover temporary folders."""
+    complete = complete_checkpoints(output_dir)
+    for _, folder in complete[: max(0, len(complete) - keep)]:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_temporary_checkpoints(output_dir: Path) -> None:
+    """Delete folders of checkpoints whose writing never finished (never resumable)."""
+    root = paths.checkpoints_dir(output_dir)
+    if root.is_dir():
+        for folder in root.iterdir():
+            if folder.name.startswith(paths.TEMPORARY_PREFIX) and folder.name.endswith(paths.TEMPORARY_SUFFIX):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- reading -----------------------------------------------------------------
+
+
+def newest_checkpoint(output_dir: Path) -> Path | None:
+    complete = complete_checkpoints(output_dir)
+    return complete[-1][1] if complete else None
+
+
+def read_training_state(folder: Path) -> TrainingState:
+    path = Path(folder) / paths.TRAINING_STATE_FILE
+    if not path.is_file():
+        raise ConfigError(f"checkpoint file '{path}' is missing (is '{folder}' a checkpoint folder?)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if raw.get("format_version") != paths.TRAINING_STATE_FORMAT_VERSION:
+            raise ConfigError(
+                f"checkpoint file '{path}' has format version {raw.get('format_version')!r}; "
+                f"this program reads version {paths.TRAINING_STATE_FORMAT_VERSION}"
+            )
+        return TrainingState(**raw)
+    except ConfigError:
+        raise
+    except (OSError, ValueError, TypeError) as error:
+        raise ConfigError(f"checkpoint file '{path}' cannot be read: {str(error).splitlines()[0]}") from None
+
+
+def _required_file(path: Path) -> Path:
+    if not path.is_file():
+        raise ConfigError(f"checkpoint file '{path}' is missing")
+    return path
+
+
+def load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    path = _required_file(Path(folder) / paths.UNET_DIR / paths.WEIGHTS_FILE)
+    _required_file(Path(folder) / paths.UNET_DIR / "config.json")
+    try:
+        return load_file(path)
+    except Exception as error:  # safetensors raises its own error types for truncated files
+        raise ConfigError(f"checkpoint file '{path}' cannot be read: {str(error).splitlines()[0]}") from None
+
+
+def load_torch_file(path: Path) -> dict:
+    _required_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, bad pickle opcode, ...
+        raise ConfigError(f"checkpoint file '{path}' cannot be read: {str(error).splitlines()[0]}") from None
+
+
+@dataclass
+class LoadedCheckpoint:
+    folder: Path
+    state: TrainingState
+    weights: dict[str, torch.Tensor]
+    optimizer: dict
+    rng: dict
+
+
+def load_checkpoint(folder: Path, rank: int) -> LoadedCheckpoint:
+    """Read and check every file of `folder` for process `rank`; nothing is applied yet."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"checkpoint folder '{folder}' does not exist")
+    state = read_training_state(folder)
+    weights = load_weights(folder)
+    optimizer = load_torch_file(folder / paths.OPTIMIZER_FILE)
+    rng_path = folder / paths.rng_state_file(rank)
+    rng = load_torch_file(rng_path)
+    return LoadedCheckpoint(folder, state, weights, optimizer, rng)

@@ -1,0 +1,114 @@
+"""Optimizers, parameter groups, and the one switch into schedule-free eval mode.
+
+Parameter groups (SPEC §3): a parameter joins the first group of
+`optimizer.param_groups` whose `match` regex is found (re.search) in its name;
+the rest form the group `unet` at `optimizer.lr`. Groups are created in
+`preset.optimizer.group_names` order, the order `LrCurve` uses, and carry
+their name in `param_group["name"]`. A named group that matches no parameter
+is a ConfigError.
+
+Schedule-free optimizers (`schedulefree`): `warmup_steps` is the plan's
+warmup in optimizer steps (AdamW variant; the RAdam variant has none). The
+optimizer is in train mode while training; `schedule_free_eval` is the only
+place that switches it to eval mode (saving, sampling) and back.
+"""
+
+import re
+from contextlib import contextmanager
+
+import torch
+
+from modules.config import DEFAULT_GROUP_NAME, SCHEDULE_FREE_OPTIMIZERS
+from modules.errors import ConfigError
+
+
+def param_groups(model: torch.nn.Module, optimizer_section) -> list[dict]:
+    """[{"name", "params", "lr"}] in group_names order; ConfigError for a group with no parameter."""
+    named = optimizer_section.param_groups
+    patterns = [re.compile(group.match) for group in named]
+    members: dict[str, list] = {name: [] for name in optimizer_section.group_names}
+    for parameter_name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        for group, pattern in zip(named, patterns):
+            if pattern.search(parameter_name):
+                members[group.name].append(parameter)
+                break
+        else:
+            members[DEFAULT_GROUP_NAME].append(parameter)
+    for index, group in enumerate(named):
+        if not members[group.name]:
+            raise ConfigError(
+                f"group {group.name!r}: match {group.match!r} is found in no parameter name of the model",
+                f"optimizer.param_groups.{index}.match",
+            )
+    return [
+        {"name": name, "params": members[name], "lr": lr}
+        for name, lr in zip(optimizer_section.group_names, optimizer_section.base_lrs)
+    ]
+
+
+def is_schedule_free(optimizer_type: str) -> bool:
+    return optimizer_type in SCHEDULE_FREE_OPTIMIZERS
+
+
+def build_optimizer(model: torch.nn.Module, preset, warmup_steps: int) -> torch.optim.Optimizer:
+    """The optimizer of `preset.optimizer` over `model`'s parameter groups (schedule-free ones in train mode)."""
+    section = preset.optimizer
+    groups = param_groups(model, section)
+    if section.type == "adamw":
+        return torch.optim.AdamW(groups, lr=section.lr, betas=section.betas, eps=section.eps,
+                                 weight_decay=section.weight_decay)
+    if section.type == "sgd":
+        return torch.optim.SGD(groups, lr=section.lr, momentum=section.momentum, weight_decay=section.weight_decay)
+    import schedulefree
+
+    if section.type == "adamw_schedule_free":
+        optimizer = schedulefree.AdamWScheduleFree(groups, lr=section.lr, betas=section.betas, eps=section.eps,
+                                                   weight_decay=section.weight_decay, warmup_steps=warmup_steps)
+    elif section.type == "radam_schedule_free":
+        optimizer = schedulefree.RAdamScheduleFree(groups, lr=section.lr, betas=section.betas, eps=section.eps,
+                                                   weight_decay=section.weight_decay)
+    else:  # the preset validator allows nothing else
+        raise ConfigError(f"unknown optimizer {section.type!r}", "optimizer.type")
+    optimizer.train()
+    return optimizer
+
+
+def logged_lrs(optimizer) -> list[float]:
+    """The LR each group used in the step just taken: `scheduled_lr` for schedule-free, else `lr`."""
+    return [float(group["scheduled_lr"]) if "scheduled_lr" in group else float(group["lr"])
+            for group in optimizer.param_groups]
+
+
+def _base_optimizer(optimizer):
+    while hasattr(optimizer, "optimizer"):  # accelerate's AcceleratedOptimizer
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+@contextmanager
+def schedule_free_eval(optimizer, model: torch.nn.Module):
+    """Inside: a schedule-free optimizer is in eval mode (the weights are the averaged x).
+
+    On exit the optimizer is back in train mode and the train-mode weights are
+    restored bit for bit from a copy (eval() then train() is not an exact round
+    trip in floating point), so saving or sampling never changes training.
+    Other optimizers pass straight through.
+    """
+    base = _base_optimizer(optimizer)
+    if not (hasattr(base, "eval") and hasattr(base, "train") and "train_mode" in base.param_groups[0]):
+        yield
+        return
+    saved = [parameter.detach().clone() for parameter in model.parameters()]
+    was_training = model.training
+    base.eval()
+    model.eval()
+    try:
+        yield
+    finally:
+        base.train()
+        with torch.no_grad():
+            for parameter, value in zip(model.parameters(), saved):
+                parameter.copy_(value)
+        model.train(was_training)

@@ -1,0 +1,37 @@
+"""TensorBoard logging (SPEC §5), main process only.
+
+Run folder `output.dir/tensorboard`. At optimizer step k: `lr/<group>` (the
+LR step k used: the effective one, `scheduled_lr`, for schedule-free
+optimizers) for every group, and `loss/train` (mean over the accumulation
+window, averaged over processes). A resumed run opens the writer with
+`purge_step` = its first step, so events a killed run wrote past its last
+checkpoint are hidden and TensorBoard shows one clean curve.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from modules.training import paths
+
+
+class TensorBoardLog:
+    def __init__(self, output_dir: Path, purge_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(Path(output_dir) / paths.TENSORBOARD_DIR), purge_step=purge_step)
+
+    def log_step(self, step: int, loss: float, lrs: dict[str, float]) -> None:
+        for name, lr in lrs.items():
+            self.writer.add_scalar(f"lr/{name}", lr, step)
+        self.writer.add_scalar("loss/train", loss, step)
+
+    def log_samples(self, step: int, images: np.ndarray) -> None:
+        """images: (n, H, W, 3) floats in [0, 1]."""
+        self.writer.add_images("samples", images, step, dataformats="NHWC")
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,366 @@
+"""The training loop: exactly the step plan's T optimizer steps, on accelerate.
+
+Contract (SPEC §1, §2, §4, §5, §6):
+- `plan = build_step_plan(preset)` and `curve = build_lr_curve(plan, ...)` are
+  built once. Before optimizer step k every group's lr is set with
+  `set_learning_rates(optimizer, curve, k)`; no torch LR scheduler exists, so
+  nothing can step it once per process.
+- Epoch e, step-in-epoch u: micro-batches `plan.micro_batch_window(u)`; each
+  micro-batch's loss is divided by the number of micro-batches the window
+  really holds (the last window of an epoch may be partial and never spans
+  epochs). Gradients are synchronised between processes only on the last
+  micro-batch of a window. `training.max_steps` stops mid-epoch.
+- Noise, timesteps and flips come from generators seeded with (seed, global
+  micro-batch index, rank); the data order from (seed, epoch). A resumed run
+  therefore repeats the uninterrupted run bit for bit on CPU; the global RNG
+  states (python, numpy, torch, cuda) are still saved and restored per rank.
+- Only the main process writes TensorBoard, lr_plan.csv, samples, checkpoints
+  and the final model; every process writes its own RNG state.
+- The launched world size must equal `training.num_processes` (the plan is
+  built for it): otherwise a ConfigError before training.
+- `should_stop()` is polled after each optimizer step (all processes agree on
+  the answer); when true a checkpoint is written at that step boundary and
+  `train` returns with `finished=False` and a resume command.
+- Resume (`resume=True`: newest complete checkpoint in output.dir; a path:
+  that checkpoint): a different plan is a ConfigError listing every change,
+  unless `rebase_schedule=True`, which keeps the weights, optimizer state and
+  global_step and continues on the new plan (its LR curve and data order from
+  that step on). A finished run is reported and returns finished=True.
+"""
+
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from modules.config import Preset
+from modules.errors import ConfigError
+from modules.lr_adapter import set_learning_rates
+from modules.lr_curve import build_lr_curve
+from modules.step_plan import build_step_plan, describe_changes
+from modules.training import checkpoints, paths
+from modules.training.data import build_dataset, torch_generator
+from modules.training.models import build_model, build_noise_scheduler, training_target
+from modules.training.optimizers import build_optimizer, is_schedule_free, logged_lrs, schedule_free_eval
+
+SAMPLE_COUNT = 4
+SAMPLE_INFERENCE_STEPS = 20
+
+
+@dataclass
+class StepReport:
+    step: int                 # 0-based index k of the optimizer step just taken
+    total_steps: int          # plan.total_steps
+    epoch: int                # 0-based epoch of that step
+    loss: float               # mean loss over the accumulation window
+    lrs: dict[str, float]     # group name -> effective LR used by step k (what TensorBoard logs)
+    elapsed_seconds: float
+    eta_seconds: float | None
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    completed_steps: int      # global_step at the end
+    total_steps: int
+    finished: bool            # reached total_steps (final model saved in output_dir/model)
+    checkpoint: Path | None   # last checkpoint written (or None)
+    resume_command: str | None  # printed when stopped early
+
+
+def make_accelerator(preset: Preset):
+    """An Accelerator for `training.device` / `training.mixed_precision` (fp32 on CPU)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    device = preset.training.device
+    has_cuda = torch.cuda.is_available()
+    if device == "cuda" and not has_cuda:
+        raise ConfigError("is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')", "training.device")
+    use_cpu = device == "cpu" or not has_cuda
+    mixed_precision = preset.training.mixed_precision
+    if use_cpu:
+        mixed_precision = "no"
+    elif mixed_precision == "auto":
+        mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # One process may train several times (tests, the app's worker): start from a clean state.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
+
+
+def resume_command(checkpoint: Path, num_processes: int) -> str:
+    launcher = f"accelerate launch --num_processes {num_processes} " if num_processes > 1 else "python "
+    return f"{launcher}scripts/train.py {checkpoint / paths.CONFIG_FILE} --resume {checkpoint}"
+
+
+def _find_checkpoint(resume, output_dir: Path) -> Path | None:
+    if resume is None or resume is False:
+        return None
+    if resume is True:
+        folder = checkpoints.newest_checkpoint(output_dir)
+        if folder is None:
+            raise ConfigError(
+                f"--resume: no complete checkpoint in '{paths.checkpoints_dir(output_dir)}'", "output.dir"
+            )
+        return folder
+    return Path(resume)
+
+
+def _replace_folder(temporary: Path, final: Path) -> None:
+    """Move `temporary` to `final`, replacing an existing folder only once the new one is complete."""
+    if final.exists():
+        old = final.with_name(f"{paths.TEMPORARY_PREFIX}{final.name}.old{paths.TEMPORARY_SUFFIX}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(temporary, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(temporary, final)
+
+
+def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_schedule: bool = False,
+          on_step: Callable[[StepReport], None] | None = None,
+          should_stop: Callable[[], bool] | None = None,
+          log: Callable[[str], None] = print, progress_bar: bool = True) -> TrainResult:
+    """Train `preset` for its plan's T optimizer steps (or resume); see the module docstring."""
+    plan = build_step_plan(preset)
+    curve = build_lr_curve(plan, preset.optimizer)
+    output_dir = Path(preset.output.dir)
+    total_steps = plan.total_steps
+    seed = preset.training.seed
+
+    accelerator = make_accelerator(preset)
+    world, rank, is_main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if world != plan.num_processes:
+        raise ConfigError(
+            f"is {plan.num_processes} but {world} processes were launched: "
+            f"set training.num_processes={world} (--set training.num_processes={world}) "
+            f"or launch {plan.num_processes}",
+            "training.num_processes",
+        )
+    say = log if is_main else (lambda message: None)
+
+    # --- resume: read and check everything before touching anything ---------
+    folder = _find_checkpoint(resume, output_dir)
+    loaded = checkpoints.load_checkpoint(folder, rank) if folder is not None else None
+    if loaded is not None:
+        changes = describe_changes(loaded.state.plan_identity, plan.identity())
+        if changes and not rebase_schedule:
+            raise ConfigError(
+                f"checkpoint '{folder}' was written for a different plan: {'; '.join(changes)} "
+                f"(use --rebase-schedule to continue at step {loaded.state.global_step} on the new plan)"
+            )
+        if changes:
+            say(f"rebasing onto the new plan at step {loaded.state.global_step}: {'; '.join(changes)}")
+        if loaded.state.global_step >= total_steps:
+            final_model = output_dir / paths.FINAL_MODEL_DIR
+            if is_main and not (final_model / paths.WEIGHTS_FILE).is_file():
+                temporary = final_model.with_name(paths.TEMPORARY_PREFIX + final_model.name + paths.TEMPORARY_SUFFIX)
+                shutil.rmtree(temporary, ignore_errors=True)
+                shutil.copytree(folder / paths.UNET_DIR, temporary)
+                _replace_folder(temporary, final_model)
+            say(f"this run already finished: {loaded.state.global_step} of {total_steps} steps "
+                f"(checkpoint '{folder}'); the final model is in '{final_model}'")
+            return TrainResult(output_dir, loaded.state.global_step, total_steps, True, folder, None)
+
+    say(f"plan: {plan.summary()}")
+    for warning in plan.warnings:
+        say(f"warning: {warning}")
+
+    # --- data, model, optimizer ----------------------------------------------
+    dataset = build_dataset(preset, plan)
+    model = build_model(preset)
+    noise_scheduler = build_noise_scheduler(preset)
+    num_train_timesteps = noise_scheduler.config.num_train_timesteps
+    schedule_free = is_schedule_free(preset.optimizer.type)
+    if loaded is not None:
+        model.load_state_dict(loaded.weights)
+        if "train_weights" in loaded.optimizer:  # schedule-free: the weights training continues from
+            model.load_state_dict(loaded.optimizer["train_weights"])
+    optimizer = build_optimizer(model, preset, plan.warmup_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    device = accelerator.device
+    if loaded is not None:
+        optimizer.load_state_dict(loaded.optimizer["optimizer"])
+        if accelerator.scaler is not None and "scaler" in loaded.optimizer:
+            accelerator.scaler.load_state_dict(loaded.optimizer["scaler"])
+        checkpoints.restore_rng_state(loaded.rng)
+    global_step = loaded.state.global_step if loaded is not None else 0
+    group_names = list(preset.optimizer.group_names)
+
+    tensorboard = None
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        curve.write_csv(output_dir / paths.LR_PLAN_CSV)
+        checkpoints.remove_temporary_checkpoints(output_dir)
+        from modules.training.tensorboard_log import TensorBoardLog
+
+        tensorboard = TensorBoardLog(output_dir, purge_step=global_step if loaded is not None else None)
+    if loaded is not None:
+        say(f"resuming from '{folder}' at step {global_step} of {total_steps}")
+    say(f"device: {device}, processes: {world}, mixed precision: {accelerator.mixed_precision}")
+
+    config = preset.to_json_dict()
+
+    def save_checkpoint(step: int) -> Path:
+        epoch, step_in_epoch = plan.position(step)
+        temporary = paths.temporary_checkpoint_dir(output_dir, step)
+        if is_main:
+            checkpoints.begin_checkpoint(output_dir, step)
+        accelerator.wait_for_everyone()
+        checkpoints.write_rng_state(temporary, rank)
+        accelerator.wait_for_everyone()
+        final = paths.checkpoints_dir(output_dir) / paths.checkpoint_name(step)
+        if is_main:
+            optimizer_state = {"optimizer": optimizer.state_dict()}
+            if accelerator.scaler is not None:
+                optimizer_state["scaler"] = accelerator.scaler.state_dict()
+            if schedule_free:
+                optimizer_state["train_weights"] = {
+                    name: value.detach().cpu().clone() for name, value in unwrapped.state_dict().items()
+                }
+            state = checkpoints.TrainingState(
+                global_step=step, epoch=epoch, step_in_epoch=step_in_epoch,
+                micro_batch_in_epoch=step_in_epoch * plan.gradient_accumulation_steps, seed=seed,
+                total_steps=total_steps, num_processes=world, plan_fingerprint=plan.fingerprint,
+                plan_identity=plan.identity(),
+            )
+            with schedule_free_eval(optimizer, unwrapped):
+                checkpoints.write_checkpoint_files(
+                    temporary, save_weights=lambda target: unwrapped.save_pretrained(target, safe_serialization=True),
+                    optimizer_state=optimizer_state, state=state, config=config,
+                )
+            final = checkpoints.finish_checkpoint(output_dir, temporary, step, preset.output.keep_checkpoints)
+        accelerator.wait_for_everyone()
+        return final
+
+    def save_samples(step: int) -> None:
+        from diffusers import DDPMPipeline, DDPMScheduler
+        from PIL import Image
+
+        with schedule_free_eval(optimizer, unwrapped):
+            was_training = unwrapped.training
+            unwrapped.eval()
+            pipeline = DDPMPipeline(unet=unwrapped, scheduler=DDPMScheduler.from_config(noise_scheduler.config))
+            pipeline.set_progress_bar_config(disable=True)
+            with torch.no_grad(), accelerator.autocast():
+                images = pipeline(batch_size=SAMPLE_COUNT, generator=torch.Generator().manual_seed(seed),
+                                  num_inference_steps=SAMPLE_INFERENCE_STEPS, output_type="np").images
+            unwrapped.train(was_training)
+        samples_dir = output_dir / paths.SAMPLES_DIR
+        samples_dir.mkdir(parents=True, exist_ok=True)
+        for index, image in enumerate(images):
+            Image.fromarray((image * 255).round().clip(0, 255).astype("uint8")).save(
+                samples_dir / paths.sample_file(step, index))
+        tensorboard.log_samples(step, images)
+
+    # --- the loop --------------------------------------------------------------
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=global_step, disable=not (progress_bar and is_main),
+               unit="step", dynamic_ncols=True)
+    checkpoint_steps = set(plan.checkpoint_steps) | {total_steps}
+    sample_steps = set(plan.sample_steps)
+    micro_batches_per_epoch = plan.micro_batches_per_epoch
+    last_checkpoint = folder
+    first_step, started = global_step, time.perf_counter()
+    order_epoch, order = None, None
+    stop_flag = torch.zeros(1, device=device)
+    model.train()
+    try:
+        while global_step < total_steps:
+            epoch, step_in_epoch = plan.position(global_step)
+            if order_epoch != epoch:
+                order_epoch, order = epoch, dataset.epoch_order(seed, epoch)
+            window = plan.micro_batch_window(step_in_epoch)
+            in_window = len(window)
+            set_learning_rates(optimizer, curve, global_step)
+            loss_sum = torch.zeros((), device=device)
+            for position, micro_batch in enumerate(window):
+                global_micro_batch = epoch * micro_batches_per_epoch + micro_batch
+                clean = dataset.micro_batch(order, plan, micro_batch, rank, seed, global_micro_batch)
+                generator = torch_generator(seed, global_micro_batch, rank)
+                noise = torch.randn(clean.shape, generator=generator)
+                timesteps = torch.randint(0, num_train_timesteps, (clean.shape[0],), generator=generator)
+                clean, noise, timesteps = clean.to(device), noise.to(device), timesteps.to(device)
+                noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+                target = training_target(noise_scheduler, clean, noise, timesteps)
+                last = position == in_window - 1
+                with nullcontext() if last else accelerator.no_sync(model):
+                    prediction = model(noisy, timesteps).sample
+                    loss = F.mse_loss(prediction.float(), target.float())
+                    accelerator.backward(loss / in_window)
+                loss_sum += loss.detach()
+            if preset.training.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), preset.training.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            lrs = dict(zip(group_names, logged_lrs(optimizer)))
+            mean_loss = loss_sum / in_window
+            if world > 1:
+                mean_loss = accelerator.reduce(mean_loss, reduction="mean")
+            loss_value = float(mean_loss)
+            step = global_step
+            global_step += 1
+
+            elapsed = time.perf_counter() - started
+            eta = elapsed / (global_step - first_step) * (total_steps - global_step)
+            if is_main:
+                tensorboard.log_step(step, loss_value, lrs)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[group_names[-1]]:.3g}", refresh=False)
+                bar.update(1)
+                if on_step is not None:
+                    on_step(StepReport(step, total_steps, epoch, loss_value, lrs, elapsed, eta))
+                if global_step in sample_steps:
+                    save_samples(global_step)
+
+            stop = bool(should_stop()) if should_stop is not None else False
+            if world > 1:  # every process stops at the same step
+                stop_flag.fill_(float(stop))
+                stop = bool(accelerator.reduce(stop_flag, reduction="sum").item() > 0)
+            if global_step in checkpoint_steps or (stop and global_step < total_steps):
+                if global_step == total_steps:
+                    save_final_model(accelerator, optimizer, unwrapped, output_dir, is_main)
+                last_checkpoint = save_checkpoint(global_step)
+                say_to_bar(bar, say, f"checkpoint: {last_checkpoint}")
+            if stop and global_step < total_steps:
+                command = resume_command(last_checkpoint, world)
+                say_to_bar(bar, say, f"stopped at step {global_step} of {total_steps}; resume with: {command}")
+                return TrainResult(output_dir, global_step, total_steps, False, last_checkpoint, command)
+    finally:
+        bar.close()
+        if tensorboard is not None:
+            tensorboard.close()
+    say(f"finished {total_steps} steps; final model: {output_dir / paths.FINAL_MODEL_DIR}")
+    return TrainResult(output_dir, global_step, total_steps, True, last_checkpoint, None)
+
+
+def say_to_bar(bar, say, message: str) -> None:
+    """Print above a live progress bar without breaking it."""
+    if bar.disable:
+        say(message)
+    else:
+        bar.clear()
+        say(message)
+        bar.refresh()
+
+
+def save_final_model(accelerator, optimizer, unwrapped, output_dir: Path, is_main: bool) -> None:
+    """output.dir/model: save_pretrained (schedule-free: the eval-mode weights), replaced atomically."""
+    if is_main:
+        final = output_dir / paths.FINAL_MODEL_DIR
+        temporary = final.with_name(paths.TEMPORARY_PREFIX + final.name + paths.TEMPORARY_SUFFIX)
+        shutil.rmtree(temporary, ignore_errors=True)
+        with schedule_free_eval(optimizer, unwrapped):
+            unwrapped.save_pretrained(temporary, safe_serialization=True)
+        _replace_folder(temporary, final)
+    accelerator.wait_for_everyone()
