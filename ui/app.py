@@ -1,0 +1,353 @@
+"""The desktop app: one window, four tabs, wired to the controllers.
+
+Tabs: Data & model, Training, Scheduler (fields of the chosen schedule type
+beside the live preview), Run. Every edit goes to the `PresetDraft`; a
+redraw of the preview is scheduled ~150 ms after the last edit (`after`),
+so typing "0.0003" draws once, not six times. Images are counted off the Tk
+thread and polled with `after`; training runs in a child process
+(`ui.training_process`) whose events are polled with `after`. Nothing here
+blocks the Tk main loop.
+"""
+
+import json
+import time
+from pathlib import Path
+from tkinter import filedialog, messagebox
+
+import customtkinter as ctk
+
+from modules.errors import ConfigError
+from ui.controllers.fields import (
+    DATA_MODEL_FIELDS,
+    SCHEDULER_FIELDS,
+    SCHEDULER_TYPE_FIELD,
+    TRAINING_FIELDS,
+    active_scheduler_keys,
+)
+from ui.controllers.preset_draft import PresetDraft, PreviewState
+from ui.controllers.run_controller import RunController
+from ui.training_process import TrainingProcess
+from ui.views.fields_panel import ERROR_COLOR, HINT_COLOR, FieldsPanel, ParamGroupsEditor
+from ui.views.preview_panel import PreviewPanel
+from ui.views.run_panel import RunPanel
+
+DEBOUNCE_MS = 150
+COUNT_POLL_MS = 100
+RUN_POLL_MS = 100
+RUN_PLOT_MS = 500
+TABS = ("Data & model", "Training", "Scheduler", "Run")
+
+
+class Toolbar(ctk.CTkFrame):
+    def __init__(self, master, on_load, on_save, on_export_csv, on_export_png):
+        super().__init__(master, fg_color="transparent")
+        for text, command in (("Load preset...", on_load), ("Save preset...", on_save),
+                              ("Export CSV...", on_export_csv), ("Export PNG...", on_export_png)):
+            ctk.CTkButton(self, text=text, width=120, command=command).pack(side="left", padx=(0, 6))
+        self.path_label = ctk.CTkLabel(self, text="", text_color=HINT_COLOR, anchor="w")
+        self.path_label.pack(side="left", padx=8)
+
+
+class StatusBar(ctk.CTkLabel):
+    """One line under the tabs: the plan summary, or what is wrong and where."""
+
+    def show(self, state: PreviewState, notice: str | None = None) -> None:
+        if notice:
+            self.configure(text=notice, text_color=HINT_COLOR)
+        elif state.error:
+            self.configure(text=f"invalid: {state.error}", text_color=ERROR_COLOR)
+        elif state.counting:
+            self.configure(text=f"counting the images in {state.counting} ...", text_color=HINT_COLOR)
+        elif state.preview is not None:
+            self.configure(text=state.preview.plan.summary(), text_color=HINT_COLOR)
+
+
+class App(ctk.CTk):
+    def __init__(self, draft: PresetDraft | None = None):
+        super().__init__()
+        self.draft = draft or PresetDraft()
+        self.run = RunController()
+        self.training: TrainingProcess | None = None
+        self.preview_state: PreviewState | None = None
+        self._refresh_job = None
+        self._count_job = None
+        self._run_job = None
+        self._last_run_plot = 0.0
+        self._closing = False
+        self.redraws = 0  # how many times the preview was recomputed (tests check the debounce)
+
+        self.title("LR scheduler trainer")
+        self.geometry("1280x800")
+        self.minsize(1000, 640)
+        self.grid_columnconfigure(0, weight=1)
+        self.grid_rowconfigure(1, weight=1)
+
+        self.toolbar = Toolbar(self, self.load_dialog, self.save_dialog, self.export_csv_dialog,
+                               self.export_png_dialog)
+        self.toolbar.grid(row=0, column=0, sticky="we", padx=10, pady=(8, 0))
+        self.tabs = ctk.CTkTabview(self)
+        self.tabs.grid(row=1, column=0, sticky="nsew", padx=10, pady=(0, 4))
+        for name in TABS:
+            self.tabs.add(name)
+        self.status = StatusBar(self, text="", anchor="w")
+        self.status.grid(row=2, column=0, sticky="we", padx=14, pady=(0, 6))
+
+        self._build_data_tab(self.tabs.tab("Data & model"))
+        self._build_training_tab(self.tabs.tab("Training"))
+        self._build_scheduler_tab(self.tabs.tab("Scheduler"))
+        self.run_panel = RunPanel(self.tabs.tab("Run"), self.start_training, self.stop_training,
+                                  self.resume_training)
+        self.run_panel.pack(fill="both", expand=True)
+        self.tabs.set("Scheduler")
+
+        self.protocol("WM_DELETE_WINDOW", self.close)
+        self.show_draft()
+        self.refresh()
+
+    # --- layout ----------------------------------------------------------------
+
+    def _build_data_tab(self, tab) -> None:
+        self.data_panel = FieldsPanel(tab, DATA_MODEL_FIELDS, self.edit, self.browse, title="Dataset and model")
+        self.data_panel.pack(fill="both", expand=True)
+        self.data_panel.add_widget(ctk.CTkButton(self.data_panel, text="Count the images again", width=180,
+                                                 command=self.recount), sticky="w")
+
+    def _build_training_tab(self, tab) -> None:
+        self.training_panel = FieldsPanel(tab, TRAINING_FIELDS, self.edit, self.browse, title="Training")
+        self.training_panel.pack(fill="both", expand=True)
+        self.groups_editor = ParamGroupsEditor(self.training_panel, self.edit_group, self.add_group,
+                                               self.remove_group)
+        self.training_panel.add_widget(self.groups_editor)
+
+    def _build_scheduler_tab(self, tab) -> None:
+        tab.grid_columnconfigure(1, weight=1)
+        tab.grid_rowconfigure(0, weight=1)
+        self.scheduler_panel = FieldsPanel(tab, (SCHEDULER_TYPE_FIELD, *SCHEDULER_FIELDS), self.edit,
+                                           title="Schedule", width=380)
+        self.scheduler_panel.grid(row=0, column=0, sticky="nsw", padx=(0, 6))
+        self.preview_panel = PreviewPanel(tab)
+        self.preview_panel.grid(row=0, column=1, sticky="nsew")
+
+    @property
+    def panels(self) -> tuple[FieldsPanel, ...]:
+        return self.data_panel, self.training_panel, self.scheduler_panel
+
+    def field_row(self, key: str):
+        for panel in self.panels:
+            if key in panel.rows:
+                return panel.rows[key]
+        raise KeyError(key)
+
+    # --- draft -> widgets ----------------------------------------------------------
+
+    def show_draft(self) -> None:
+        """Put every value of the draft into its widget (after a load or a type switch)."""
+        for panel in self.panels:
+            for key, row in panel.rows.items():
+                row.set_value(self.draft.text(key))
+        self.groups_editor.set_groups(self.draft.groups())
+        self.scheduler_panel.show_only(("scheduler.type", *active_scheduler_keys(self.draft.schedule_type)))
+        self.toolbar.path_label.configure(text=str(self.draft.path) if self.draft.path else "unsaved preset")
+
+    # --- edits -------------------------------------------------------------------------
+
+    def edit(self, key: str, value) -> None:
+        self.draft.set_text(key, value)
+        if key == "scheduler.type":
+            self.show_draft()
+        self.schedule_refresh()
+
+    def edit_group(self, index: int, field: str, text: str) -> None:
+        self.draft.set_group_text(index, field, text)
+        self.schedule_refresh()
+
+    def add_group(self) -> None:
+        self.draft.add_group()
+        self.groups_editor.set_groups(self.draft.groups())
+        self.schedule_refresh()
+
+    def remove_group(self, index: int) -> None:
+        self.draft.remove_group(index)
+        self.groups_editor.set_groups(self.draft.groups())
+        self.schedule_refresh()
+
+    def browse(self, key: str) -> None:
+        current = self.draft.value(key) or "."
+        chosen = filedialog.askdirectory(parent=self, initialdir=current if Path(current).is_dir() else ".",
+                                         title=f"Choose the {key} folder")
+        if chosen:
+            if key == "data.path":
+                self.draft.counter.forget(chosen)
+            self.field_row(key).set_value(chosen)
+            self.edit(key, chosen)
+
+    def recount(self) -> None:
+        path = self.draft.value("data.path")
+        if path:
+            self.draft.counter.forget(path)
+        self.schedule_refresh()
+
+    def schedule_refresh(self) -> None:
+        """Recompute the preview DEBOUNCE_MS after the last edit."""
+        if self._refresh_job is not None:
+            self.after_cancel(self._refresh_job)
+        self._refresh_job = self.after(DEBOUNCE_MS, self.refresh)
+
+    def refresh(self) -> None:
+        self._refresh_job = None
+        self.redraws += 1
+        state = self.preview_state = self.draft.evaluate()
+        self.preview_panel.show(state)
+        self.status.show(state)
+        self._mark_errors(state)
+        path_row = self.data_panel.rows["data.path"]
+        if state.counting:
+            path_row.set_note("counting ...")
+            if self._count_job is None:
+                self._count_job = self.after(COUNT_POLL_MS, self._poll_count)
+        elif state.image_count is not None:
+            path_row.set_note(f"{state.image_count} image{'s' * (state.image_count != 1)}")
+        elif state.error_key != "data.path":
+            path_row.set_note("")
+
+    def _mark_errors(self, state: PreviewState) -> None:
+        key = state.error_key if state.error else None
+        for panel in self.panels:
+            for row_key, row in panel.rows.items():
+                row.set_error(state.error if row_key == key else None)
+        group_index = group_field = None
+        if key and key.startswith("optimizer.param_groups"):
+            parts = key.split(".")
+            group_index = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+            group_field = parts[3] if len(parts) > 3 else None
+        self.groups_editor.set_error(group_index, group_field,
+                                     state.error if key and key.startswith("optimizer.param_groups") else None)
+
+    def _poll_count(self) -> None:
+        self._count_job = None
+        if self.draft.counter.collect():
+            self.refresh()
+        elif self.draft.counter.busy:
+            self._count_job = self.after(COUNT_POLL_MS, self._poll_count)
+        else:
+            self.refresh()
+
+    # --- files ----------------------------------------------------------------------------
+
+    def _report(self, notice: str) -> None:
+        self.status.show(self.preview_state, notice)
+
+    def load(self, path: str) -> None:
+        self.draft.load(path)
+        self.show_draft()
+        self.refresh()
+
+    def load_dialog(self) -> None:
+        path = filedialog.askopenfilename(parent=self, title="Load preset", initialdir="training_presets",
+                                          filetypes=[("Preset", "*.json"), ("All files", "*")])
+        if path:
+            try:
+                self.load(path)
+            except ConfigError as error:
+                messagebox.showerror("Load preset", str(error), parent=self)
+
+    def _save_file(self, title: str, extension: str, writer) -> None:
+        path = filedialog.asksaveasfilename(parent=self, title=title, defaultextension=extension,
+                                            filetypes=[(extension[1:].upper(), f"*{extension}")])
+        if not path:
+            return
+        try:
+            writer(path)
+        except ConfigError as error:
+            messagebox.showerror(title, f"Not written: {error}", parent=self)
+        except OSError as error:
+            messagebox.showerror(title, f"Cannot write {path}: {error.strerror}", parent=self)
+        else:
+            self._report(f"written: {path}")
+
+    def save_dialog(self) -> None:
+        def save(path):
+            self.draft.save(path)
+            self.show_draft()
+
+        self._save_file("Save preset", ".json", save)
+
+    def export_csv_dialog(self) -> None:
+        self._save_file("Export curve as CSV", ".csv", self.draft.export_csv)
+
+    def export_png_dialog(self) -> None:
+        self._save_file("Export curve as PNG", ".png", self.draft.export_png)
+
+    # --- training ---------------------------------------------------------------------------
+
+    def start_training(self, resume: bool = False) -> None:
+        if self.run.active:
+            return
+        try:
+            preview = self.draft.current_preview()
+        except ConfigError as error:
+            self.run.error = f"Not started: {error}"
+            self.run.log(self.run.error)
+            self.run_panel.show(self.run)
+            return
+        # The child trains exactly this validated preset: the configuration on screen.
+        preset_json = json.loads(json.dumps(preview.preset.to_json_dict()))
+        self.run.start(preview, resume)
+        self.training = TrainingProcess(preset_json, resume=True if resume else None)
+        self.training.start()
+        self.run_panel.show(self.run)
+        self.run_panel.plot(self.run)
+        self._run_job = self.after(RUN_POLL_MS, self._poll_run)
+
+    def resume_training(self) -> None:
+        self.start_training(resume=True)
+
+    def stop_training(self) -> None:
+        if self.training is not None and self.run.status == "running":
+            self.training.stop()
+            self.run.request_stop()
+            self.run_panel.show(self.run)
+
+    def _poll_run(self) -> None:
+        self._run_job = None
+        if self.training is None:
+            return
+        events = self.training.events()
+        for event in events:
+            self.run.handle(event)
+        if events:
+            self.run_panel.show(self.run)
+        now = time.monotonic()
+        ended = not self.training.running
+        if events and (ended or now - self._last_run_plot >= RUN_PLOT_MS / 1000):
+            self._last_run_plot = now
+            self.run_panel.plot(self.run)
+        if ended:
+            self.training.join(5)
+            self.training = None
+            self.run_panel.show(self.run)
+            if self._closing:
+                self.destroy()
+            return
+        self._run_job = self.after(RUN_POLL_MS, self._poll_run)
+
+    def close(self) -> None:
+        """Closing while training stops it first (checkpoint), then closes."""
+        if self.training is not None and self.training.running:
+            if not messagebox.askokcancel(
+                "Training is running", "Stop training (a checkpoint is written) and close?", parent=self
+            ):
+                return
+            self._closing = True
+            self.stop_training()
+            return
+        self.destroy()
+
+
+def run_app(preset_path: str | None = None) -> None:
+    ctk.set_appearance_mode("system")
+    draft = PresetDraft()
+    if preset_path:
+        draft.load(preset_path)
+    app = App(draft)
+    app.mainloop()

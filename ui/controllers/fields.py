@@ -1,0 +1,161 @@
+"""What each editable preset field is: its key, label, kind and one-line hint.
+
+The views lay out one row per `FieldSpec`; the draft controller turns the
+text typed into a row into the JSON value the preset validator receives
+(`parse_text`) and back (`format_value`). Which scheduler fields a schedule
+type uses is decided here (`active_scheduler_keys`), from SPEC §2.
+Nothing here validates: `modules.config.validate_preset` and the step plan
+are the one validator.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from modules.config import MODEL_CONFIGS, OPTIMIZER_TYPES, SCHEDULER_TYPES
+
+NONE_CHOICE = "(none)"
+DURATION_HINT = 'steps, "10%" of the run or "1.5 epochs"'
+
+Kind = Literal["int", "float", "duration", "choice", "bool", "text", "folder", "json"]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    key: str  # dotted preset key, e.g. "scheduler.warmup"
+    label: str
+    kind: Kind
+    hint: str = ""
+    choices: tuple[str, ...] = ()
+    optional: bool = False  # an empty entry (or NONE_CHOICE) means null
+
+
+DATA_MODEL_FIELDS = (
+    FieldSpec("data.path", "Dataset folder", "folder", "images in this folder and its subfolders"),
+    FieldSpec("data.repeats", "Repeats", "int", "each image is seen this many times per epoch"),
+    FieldSpec("data.drop_last", "Drop last batch", "bool", "skip the last, incomplete batch of each epoch"),
+    FieldSpec("data.flip", "Random flip", "bool", "mirror images at random (augmentation)"),
+    FieldSpec("model.config", "Built-in model", "choice", "a built-in architecture, or (none) to use a folder",
+              choices=(NONE_CHOICE, *MODEL_CONFIGS), optional=True),
+    FieldSpec("model.path", "Model folder", "folder", "a local diffusers folder (instead of a built-in model)",
+              optional=True),
+    FieldSpec("model.resolution", "Resolution", "int", "training image size in pixels, a multiple of 8"),
+)
+
+TRAINING_FIELDS = (
+    FieldSpec("training.epochs", "Epochs", "int", "passes over the dataset (empty: use max steps)", optional=True),
+    FieldSpec("training.max_steps", "Max steps", "int", "stop after this many optimizer steps (overrides epochs)",
+              optional=True),
+    FieldSpec("training.batch_size", "Batch size", "int", "images per micro-batch, per process"),
+    FieldSpec("training.gradient_accumulation_steps", "Accumulation", "int",
+              "micro-batches per optimizer step"),
+    FieldSpec("training.num_processes", "Processes", "int", "data-parallel processes (accelerate)"),
+    FieldSpec("training.seed", "Seed", "int", "same seed, same data order and noise"),
+    FieldSpec("training.device", "Device", "choice", "auto picks cuda when available", choices=("auto", "cpu", "cuda")),
+    FieldSpec("training.mixed_precision", "Mixed precision", "choice", "lower-precision maths on GPU",
+              choices=("no", "fp16", "bf16", "auto")),
+    FieldSpec("optimizer.type", "Optimizer", "choice", "schedule-free ones need the constant schedule",
+              choices=OPTIMIZER_TYPES),
+    FieldSpec("optimizer.lr", "Learning rate", "float", "peak LR of the parameters no group matches (group unet)"),
+    FieldSpec("optimizer.weight_decay", "Weight decay", "float", "decoupled weight decay"),
+    FieldSpec("output.dir", "Output folder", "folder", "checkpoints, TensorBoard logs and the final model"),
+    FieldSpec("output.checkpoint_every", "Checkpoint every", "duration", DURATION_HINT + "; empty: only at the end",
+              optional=True),
+    FieldSpec("output.keep_checkpoints", "Keep checkpoints", "int", "older checkpoints are deleted"),
+)
+
+SCHEDULER_TYPE_FIELD = FieldSpec("scheduler.type", "Schedule", "choice", "the shape of the LR over the run",
+                                 choices=SCHEDULER_TYPES)
+
+SCHEDULER_FIELDS = (
+    FieldSpec("scheduler.warmup", "Warmup", "duration", "linear ramp at the start: " + DURATION_HINT),
+    FieldSpec("scheduler.warmup_start_factor", "Warmup start", "float", "LR factor at step 0 of the warmup (0..1)"),
+    FieldSpec("scheduler.min_factor", "Min factor", "float", "the floor the schedule decays to, times the LR (0..<1)"),
+    FieldSpec("scheduler.cycles", "Cycles", "float", "number of cosine waves after warmup"),
+    FieldSpec("scheduler.power", "Power", "float", "polynomial exponent: 1 is linear, 2 drops faster"),
+    FieldSpec("scheduler.period", "Period", "duration", "one full sine wave every: " + DURATION_HINT, optional=True),
+    FieldSpec("scheduler.timescale", "Timescale", "duration",
+              "inverse sqrt scale; empty: the warmup (or 10000 steps)", optional=True),
+    FieldSpec("scheduler.decay", "Decay", "duration", "length of the final decay: " + DURATION_HINT),
+    FieldSpec("scheduler.decay_shape", "Decay shape", "choice", "how the final decay falls",
+              choices=("linear", "cosine", "sqrt")),
+    FieldSpec("scheduler.steps", "Steps", "json", 'list of [start, factor], e.g. [[0, 1.0], ["50%", 0.1]]',
+              optional=True),
+)
+
+ALL_FIELDS = {spec.key: spec for spec in (*DATA_MODEL_FIELDS, *TRAINING_FIELDS, SCHEDULER_TYPE_FIELD,
+                                          *SCHEDULER_FIELDS)}
+
+PARAM_GROUP_FIELDS = {
+    "name": FieldSpec("name", "Name", "text"),
+    "match": FieldSpec("match", "Match", "text", "regular expression searched in parameter names"),
+    "lr": FieldSpec("lr", "LR", "float"),
+}
+
+_WARMUP = ("scheduler.warmup", "scheduler.warmup_start_factor")
+_DECAYING = ("scheduler.min_factor",)
+SCHEDULER_KEYS_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "constant": _WARMUP,
+    "linear": _WARMUP + _DECAYING,
+    "cosine": _WARMUP + _DECAYING,
+    "cosine_with_restarts": _WARMUP + _DECAYING + ("scheduler.cycles",),
+    "cosine_with_hard_restarts": _WARMUP + _DECAYING + ("scheduler.cycles",),
+    "polynomial": _WARMUP + _DECAYING + ("scheduler.power",),
+    "sine": _WARMUP + _DECAYING + ("scheduler.period",),
+    "rex": _WARMUP + _DECAYING,
+    "inverse_sqrt": _WARMUP + _DECAYING + ("scheduler.timescale",),
+    "warmup_stable_decay": _WARMUP + _DECAYING + ("scheduler.decay", "scheduler.decay_shape"),
+    "piecewise_constant": _WARMUP + ("scheduler.steps",),
+}
+assert set(SCHEDULER_KEYS_BY_TYPE) == set(SCHEDULER_TYPES)
+
+
+def active_scheduler_keys(schedule_type: str) -> tuple[str, ...]:
+    """The scheduler fields `schedule_type` uses, in display order (unknown type: warmup only)."""
+    used = SCHEDULER_KEYS_BY_TYPE.get(schedule_type, _WARMUP)
+    return tuple(spec.key for spec in SCHEDULER_FIELDS if spec.key in used)
+
+
+def parse_text(spec: FieldSpec, text: Any) -> Any:
+    """The JSON value for what the user entered. Text that is not of the field's kind is passed
+    through unchanged, so the validator (not this function) names the problem."""
+    if spec.kind == "bool":
+        return bool(text)
+    if not isinstance(text, str):
+        return text
+    stripped = text.strip()
+    if spec.optional and stripped in ("", NONE_CHOICE):
+        return None
+    if spec.kind == "int":
+        try:
+            return int(stripped)
+        except ValueError:
+            return stripped
+    if spec.kind == "float":
+        try:
+            value = float(stripped)
+        except ValueError:
+            return stripped
+        return value if math.isfinite(value) else stripped
+    if spec.kind == "duration":
+        return int(stripped) if stripped.isdigit() else stripped
+    if spec.kind == "json":
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return stripped
+    return stripped if spec.kind == "choice" else text
+
+
+def format_value(spec: FieldSpec, value: Any) -> Any:
+    """What an entry shows for a preset value (a bool for check boxes)."""
+    if spec.kind == "bool":
+        return bool(value)
+    if value is None:
+        return NONE_CHOICE if spec.kind == "choice" else ""
+    if spec.kind == "json" and not isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)

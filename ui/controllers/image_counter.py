@@ -1,0 +1,95 @@
+"""Counting a dataset folder's images off the GUI thread, once per folder.
+
+`ImageCounter.lookup(folder)` answers at once: the count (or the
+ConfigError `list_images` raised) when it is known, else None after
+starting a worker thread that counts with `modules.image_listing.list_images`
+(the listing the data loader reads). The view polls `collect()` from a Tk
+`after` callback; when it returns True a count arrived and the preview is
+recomputed. Results are cached per folder and the folder's modification
+time, so editing other fields never walks 100,000 files again; `forget`
+drops a folder's entry (the "recount" button).
+"""
+
+import os
+import threading
+from pathlib import Path
+
+from modules.errors import ConfigError
+from modules.image_listing import list_images
+
+Result = int | ConfigError
+
+
+def _folder_key(folder: str) -> tuple[str, int | None]:
+    path = Path(folder).expanduser().resolve()
+    try:
+        modified_ns = os.stat(path).st_mtime_ns
+    except OSError:
+        modified_ns = None
+    return str(path), modified_ns
+
+
+class ImageCounter:
+    def __init__(self, synchronous: bool = False):
+        """`synchronous` counts inside `lookup` (for scripts and tests that have no event loop)."""
+        self.synchronous = synchronous
+        self._results: dict[tuple[str, int | None], Result] = {}
+        self._running: dict[tuple[str, int | None], threading.Thread] = {}
+        self._finished: list[tuple[str, int | None]] = []
+        self._lock = threading.Lock()
+        self.walks = 0  # how many times a folder was listed (the cache keeps this low)
+
+    def lookup(self, folder: str) -> Result | None:
+        """The count for `folder`, its error, or None while it is being counted."""
+        key = _folder_key(folder)
+        with self._lock:
+            if key in self._results:
+                return self._results[key]
+            if key in self._running:
+                return None
+        if self.synchronous:
+            self._count(key, folder)
+            return self._results[key]
+        worker = threading.Thread(target=self._count, args=(key, folder), name="image-counter", daemon=True)
+        with self._lock:
+            self._running[key] = worker
+        worker.start()
+        return None
+
+    def _count(self, key, folder: str) -> None:
+        try:
+            result: Result = len(list_images(folder))
+        except ConfigError as error:
+            result = error
+        except OSError as error:
+            result = ConfigError(f"cannot read dataset folder '{folder}': {error.strerror}", "data.path")
+        with self._lock:
+            self.walks += 1
+            self._results[key] = result
+            self._running.pop(key, None)
+            self._finished.append(key)
+
+    def collect(self) -> bool:
+        """True if a count finished since the last call (call from the GUI thread)."""
+        with self._lock:
+            arrived = bool(self._finished)
+            self._finished.clear()
+        return arrived
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._running)
+
+    def wait(self, timeout_seconds: float = 30.0) -> None:
+        """Block until every running count is done (tests and the benchmark)."""
+        with self._lock:
+            workers = list(self._running.values())
+        for worker in workers:
+            worker.join(timeout_seconds)
+
+    def forget(self, folder: str) -> None:
+        path = str(Path(folder).expanduser().resolve())
+        with self._lock:
+            for key in [key for key in self._results if key[0] == path]:
+                del self._results[key]

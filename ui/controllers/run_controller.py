@@ -1,0 +1,129 @@
+"""The Run tab's state: what a training run has reported so far.
+
+`RunController` receives the events of `ui.training_process` (see its
+docstring for their form) and keeps the progress (step/total, ETA), the
+latest loss and LRs, the LR each group really used at each step (drawn over
+the planned curve), the loss history and the log. It knows nothing of
+processes or widgets; the view feeds it events and draws its getters.
+"""
+
+from dataclasses import dataclass, field
+
+from modules.preview import Preview
+
+MAX_LOG_LINES = 2000
+
+
+def format_seconds(seconds: float | None) -> str:
+    """'1:02:03', '2:03' or '--' when unknown."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "--"
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+@dataclass
+class RunController:
+    planned: Preview | None = None  # the plan being trained (not the live draft)
+    status: str = "idle"  # idle | running | stopping | finished | stopped | failed
+    step: int = 0  # optimizer steps completed
+    total_steps: int = 0
+    epoch: int = 0
+    loss: float | None = None
+    lrs: dict[str, float] = field(default_factory=dict)
+    elapsed_seconds: float = 0.0
+    eta_seconds: float | None = None
+    used_steps: list[int] = field(default_factory=list)
+    used_lrs: dict[str, list[float]] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+    log_lines: list[str] = field(default_factory=list)
+    error: str | None = None
+    result: dict | None = None
+    new_log_lines: list[str] = field(default_factory=list)
+
+    def start(self, planned: Preview, resume: bool) -> None:
+        """Reset for a new run of `planned`."""
+        self.__init__(planned=planned, status="running", total_steps=planned.plan.total_steps)
+        self.log(("Resuming from the newest checkpoint: " if resume else "Starting: ") + planned.plan.summary())
+
+    def request_stop(self) -> None:
+        if self.status == "running":
+            self.status = "stopping"
+            self.log("Stopping: finishing the current optimizer step and writing a checkpoint ...")
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("running", "stopping")
+
+    def log(self, line: str) -> None:
+        self.log_lines.append(line)
+        self.new_log_lines.append(line)
+        del self.log_lines[:-MAX_LOG_LINES]
+
+    def take_new_log_lines(self) -> list[str]:
+        lines, self.new_log_lines = self.new_log_lines, []
+        return lines
+
+    def handle(self, event: tuple) -> None:
+        kind = event[0]
+        if kind == "step":
+            report = event[1]
+            index = int(report["step"])  # 0-based index k of the optimizer step just taken
+            self.step = index + 1  # steps completed
+            self.total_steps = int(report["total_steps"])
+            self.epoch = int(report["epoch"])
+            self.loss = float(report["loss"])
+            self.lrs = {str(name): float(lr) for name, lr in report["lrs"].items()}
+            self.elapsed_seconds = float(report["elapsed_seconds"])
+            self.eta_seconds = report["eta_seconds"]
+            self.used_steps.append(index)
+            for name, lr in self.lrs.items():
+                self.used_lrs.setdefault(name, []).append(lr)
+            self.losses.append(self.loss)
+        elif kind == "log":
+            self.log(str(event[1]))
+        elif kind == "finished":
+            self.result = event[1]
+            done = self.result.get("finished")
+            self.status = "finished" if done else "stopped"
+            self.step = int(self.result.get("completed_steps", self.step))
+            if done:
+                self.log(f"Finished {self.step} steps; output in {self.result.get('output_dir')}")
+            else:
+                self.log(f"Stopped at step {self.step}; checkpoint {self.result.get('checkpoint')}")
+                if self.result.get("resume_command"):
+                    self.log(f"Resume with Resume, or: {self.result['resume_command']}")
+        elif kind == "failed":
+            self.status = "failed"
+            self.error = str(event[1])
+            if len(event) > 2 and event[2]:
+                self.log(str(event[2]).rstrip())
+            self.log(f"Error: {self.error}")
+
+    # --- what the view shows -------------------------------------------------
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total_steps if self.total_steps else 0.0
+
+    def progress_text(self) -> str:
+        if self.status == "idle":
+            return "Not started"
+        text = f"step {self.step} / {self.total_steps}"
+        if self.total_steps:
+            text += f" ({100 * self.fraction:.0f}%)"
+        text += f"   epoch {self.epoch}   elapsed {format_seconds(self.elapsed_seconds)}"
+        if self.active:
+            text += f"   ETA {format_seconds(self.eta_seconds)}"
+        return f"{text}   [{self.status}]"
+
+    def values_text(self) -> str:
+        loss = "--" if self.loss is None else f"{self.loss:.4f}"
+        lrs = ", ".join(f"{name} {lr:.3e}" for name, lr in self.lrs.items()) or "--"
+        return f"loss {loss}    LR {lrs}"
+
+    def actual_lrs(self) -> dict[str, tuple[list[int], list[float]]]:
+        """Group -> (steps, LR used): `draw_preview`'s `actual` argument."""
+        return {name: (self.used_steps, lrs) for name, lrs in self.used_lrs.items()}

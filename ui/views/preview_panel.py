@@ -1,0 +1,77 @@
+"""The live preview: an embedded matplotlib Figure (FigureCanvasTkAgg, no pyplot).
+
+`PreviewPanel.show(state)` draws a `PreviewState` from the draft
+controller: the curve (via `ui.curve_plot.PreviewPlot`, the same drawing
+code as `scripts/preview.py`), the plan's summary line and warnings, and,
+when the draft is invalid, the validator's message over the last valid
+curve. The Figure and axes live as long as the panel; a redraw replaces the
+data and asks for `draw_idle`.
+"""
+
+import customtkinter as ctk
+from matplotlib.backends.backend_tkagg import FigureCanvasTkAgg
+from matplotlib.figure import Figure
+
+from ui.controllers.preset_draft import PreviewState
+from ui.curve_plot import PreviewPlot
+from ui.views.fields_panel import ERROR_COLOR, HINT_COLOR
+
+WARNING_COLOR = ("#a04000", "#f0b45a")
+# Bins of the min/max band: about two per horizontal pixel of the plot is all the eye can see.
+PREVIEW_LINE_POINTS = 2000
+
+
+def is_dark() -> bool:
+    return ctk.get_appearance_mode() == "Dark"
+
+
+def make_figure(width_inches: float = 7.0, height_inches: float = 4.4) -> Figure:
+    return Figure(figsize=(width_inches, height_inches), dpi=100, layout="constrained")
+
+
+class PreviewPanel(ctk.CTkFrame):
+    def __init__(self, master):
+        super().__init__(master)
+        self.grid_columnconfigure(0, weight=1)
+        self.grid_rowconfigure(1, weight=1)
+        self.summary = ctk.CTkLabel(self, text="", anchor="w", justify="left", font=ctk.CTkFont(size=13,
+                                                                                                 weight="bold"))
+        self.summary.grid(row=0, column=0, sticky="we", padx=8, pady=(8, 2))
+        self.figure = make_figure()
+        self.plot = PreviewPlot(self.figure, dark=is_dark(), max_line_points=PREVIEW_LINE_POINTS)
+        self.canvas = FigureCanvasTkAgg(self.figure, master=self)
+        self.canvas.get_tk_widget().grid(row=1, column=0, sticky="nsew", padx=8, pady=4)
+        self.message = ctk.CTkLabel(self, text="", anchor="w", justify="left", text_color=ERROR_COLOR)
+        self.warnings = ctk.CTkLabel(self, text="", anchor="w", justify="left", text_color=WARNING_COLOR)
+        self.warnings.grid(row=3, column=0, sticky="we", padx=8, pady=(0, 8))
+        self.bind("<Configure>", self._rewrap)
+        self.shown = None  # the Preview on screen
+
+    def _rewrap(self, event) -> None:
+        width = max(200, event.width - 30)
+        for label in (self.summary, self.message, self.warnings):
+            label.configure(wraplength=width)
+
+    def show(self, state: PreviewState) -> None:
+        dark = is_dark()
+        if dark != self.plot.dark:
+            self.plot.set_dark(dark)
+            self.shown = None
+        if state.preview is not None and state.preview is not self.shown:
+            self.plot.update(state.preview, title="")
+            self.shown = state.preview
+            self.canvas.draw_idle()
+            plan = state.preview.plan
+            self.summary.configure(text=plan.summary())
+            self.warnings.configure(text="\n".join(f"warning: {line}" for line in plan.warnings))
+        if state.error:
+            stale = " (the curve shows the last valid settings)" if state.preview is not None else ""
+            self.message.configure(text=f"{state.error}{stale}")
+            self.message.grid(row=2, column=0, sticky="we", padx=8)
+        elif state.counting:
+            self.message.configure(text=f"counting the images in {state.counting} ...", text_color=HINT_COLOR)
+            self.message.grid(row=2, column=0, sticky="we", padx=8)
+        else:
+            self.message.grid_remove()
+        if not state.counting:
+            self.message.configure(text_color=ERROR_COLOR)

@@ -1,0 +1,116 @@
+"""The Run tab: Start / Stop / Resume, progress, loss and LR, the two plots and the log.
+
+`RunPanel` only draws a `RunController`: `show(run)` updates the texts and
+progress bar, `plot(run)` redraws the planned LR curve with the LR really
+used at each step over it (`PreviewPlot.update(actual=...)`) and the loss
+beside it. The buttons call the injected callbacks.
+"""
+
+from collections.abc import Callable
+
+import customtkinter as ctk
+from matplotlib.backends.backend_tkagg import FigureCanvasTkAgg
+
+from ui.controllers.run_controller import RunController
+from ui.curve_plot import PreviewPlot
+from ui.views.fields_panel import ERROR_COLOR
+from ui.views.preview_panel import PREVIEW_LINE_POINTS, is_dark, make_figure
+
+
+class RunPanel(ctk.CTkFrame):
+    def __init__(self, master, on_start: Callable[[], None], on_stop: Callable[[], None],
+                 on_resume: Callable[[], None]):
+        super().__init__(master, fg_color="transparent")
+        self.grid_columnconfigure(0, weight=1)
+        self.grid_rowconfigure(3, weight=3)
+        self.grid_rowconfigure(4, weight=1)
+
+        buttons = ctk.CTkFrame(self, fg_color="transparent")
+        buttons.grid(row=0, column=0, sticky="we", padx=8, pady=(8, 4))
+        self.start_button = ctk.CTkButton(buttons, text="Start", width=110, command=on_start)
+        self.stop_button = ctk.CTkButton(buttons, text="Stop (checkpoint)", width=140, command=on_stop,
+                                         state="disabled")
+        self.resume_button = ctk.CTkButton(buttons, text="Resume", width=110, command=on_resume)
+        for button in (self.start_button, self.stop_button, self.resume_button):
+            button.pack(side="left", padx=(0, 8))
+        ctk.CTkLabel(buttons, text="Start trains the settings on screen; Resume continues from the newest "
+                                   "checkpoint in the output folder.", anchor="w").pack(side="left", padx=8)
+
+        progress = ctk.CTkFrame(self, fg_color="transparent")
+        progress.grid(row=1, column=0, sticky="we", padx=8)
+        progress.grid_columnconfigure(0, weight=1)
+        self.progress_bar = ctk.CTkProgressBar(progress)
+        self.progress_bar.set(0)
+        self.progress_bar.grid(row=0, column=0, sticky="we", pady=4)
+        self.progress_label = ctk.CTkLabel(progress, text="Not started", anchor="w")
+        self.progress_label.grid(row=1, column=0, sticky="we")
+        self.values_label = ctk.CTkLabel(progress, text="", anchor="w")
+        self.values_label.grid(row=2, column=0, sticky="we")
+        self.error_label = ctk.CTkLabel(self, text="", text_color=ERROR_COLOR, anchor="w", justify="left",
+                                        wraplength=900)
+
+        self.figure = make_figure(10.0, 3.6)
+        lr_axes, self.loss_axes = self.figure.subplots(1, 2, width_ratios=(3, 2))
+        self.lr_plot = PreviewPlot(self.figure, dark=is_dark(), max_line_points=PREVIEW_LINE_POINTS, axes=lr_axes)
+        (self.loss_line,) = self.loss_axes.plot([], [], lw=1.0)
+        self.loss_axes.set_xlabel("optimizer step")
+        self.loss_axes.set_ylabel("loss")
+        self._style_loss_axes()
+        self.canvas = FigureCanvasTkAgg(self.figure, master=self)
+        self.canvas.get_tk_widget().grid(row=3, column=0, sticky="nsew", padx=8, pady=4)
+
+        self.log_box = ctk.CTkTextbox(self, height=120, wrap="word")
+        self.log_box.grid(row=4, column=0, sticky="nsew", padx=8, pady=(4, 8))
+        self.log_box.configure(state="disabled")
+
+    def _style_loss_axes(self) -> None:
+        theme = self.lr_plot.theme
+        axes = self.loss_axes
+        axes.set_facecolor(theme["background"])
+        for spine in axes.spines.values():
+            spine.set_color(theme["foreground"])
+        axes.tick_params(colors=theme["foreground"], which="both")
+        axes.xaxis.label.set_color(theme["foreground"])
+        axes.yaxis.label.set_color(theme["foreground"])
+        axes.grid(True, alpha=0.35, color=theme["grid"])
+        self.loss_line.set_color(theme["colors"][2])
+
+    def set_buttons(self, active: bool, can_stop: bool) -> None:
+        self.start_button.configure(state="disabled" if active else "normal")
+        self.resume_button.configure(state="disabled" if active else "normal")
+        self.stop_button.configure(state="normal" if can_stop else "disabled")
+
+    def show(self, run: RunController) -> None:
+        self.progress_bar.set(run.fraction)
+        self.progress_label.configure(text=run.progress_text())
+        self.values_label.configure(text=run.values_text())
+        self.set_buttons(run.active, run.status == "running")
+        if run.error:
+            self.error_label.configure(text=run.error)
+            self.error_label.grid(row=2, column=0, sticky="we", padx=8)
+        else:
+            self.error_label.grid_remove()
+        lines = run.take_new_log_lines()
+        if lines:
+            self.log_box.configure(state="normal")
+            self.log_box.insert("end", "\n".join(lines) + "\n")
+            self.log_box.see("end")
+            self.log_box.configure(state="disabled")
+
+    def plot(self, run: RunController) -> None:
+        if run.planned is None:
+            return
+        dark = is_dark()
+        if dark != self.lr_plot.dark:
+            self.lr_plot.set_dark(dark)
+            self._style_loss_axes()
+        self.lr_plot.update(run.planned, actual=run.actual_lrs(), title="learning rate: planned and used")
+        steps = run.used_steps
+        self.loss_line.set_data(steps, run.losses)
+        if steps:
+            self.loss_axes.set_xlim(0, max(run.planned.plan.total_steps, 1))
+            low, high = min(run.losses), max(run.losses)
+            margin = (high - low) * 0.1 or abs(high) * 0.1 or 1.0
+            self.loss_axes.set_ylim(low - margin, high + margin)
+        self.loss_axes.set_title("loss", fontsize="medium", color=self.lr_plot.theme["foreground"])
+        self.canvas.draw_idle()
