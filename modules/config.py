@@ -297,6 +297,8 @@ def _error_line(error: ValidationError) -> ConfigError:
         # Cross-field checks name their own key: absolute ("scheduler.cycles") or,
         # inside a list item, relative to it ("match" in optimizer.param_groups.0).
         own = cause.key or ""
+        if loc and own == str(loc[-1]):
+            own = ""  # a field validator named its own field, which the location already holds
         full = own if "." in own or not key else f"{key}.{own}" if own else key
         return ConfigError(cause.args[0], full or None)
     if kind == "literal_error":
