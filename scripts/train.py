@@ -3,6 +3,11 @@
     python scripts/train.py PRESET [--set KEY=VALUE]... [--resume [CHECKPOINT]] [--rebase-schedule]
     accelerate launch [--cpu] --num_processes N scripts/train.py PRESET --set training.num_processes=N
 
+`accelerate launch --cpu` starts a single process and leaves the rest to
+mpirun; without mpirun this script then starts the N gloo worker processes
+itself (N from the launcher's --num_processes), so the command above trains on N
+CPU processes as written. The world size must equal training.num_processes.
+
 `--resume` alone continues from the newest complete checkpoint in output.dir;
 with a folder, from that checkpoint. A changed plan is refused (the changes
 are listed) unless `--rebase-schedule` is given. Ctrl+C or SIGTERM finishes
@@ -12,10 +17,13 @@ checkpoint is untouched). Bad input: one line on stderr, exit status 2.
 """
 
 import argparse
+import multiprocessing
 import os
 import shlex
 import signal
+import socket
 import sys
+from pathlib import Path
 
 from _cli import user_errors
 
@@ -57,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue from the newest complete checkpoint in output.dir, or from CHECKPOINT")
     parser.add_argument("--rebase-schedule", action="store_true",
                         help="resume although the plan changed: keep global_step and continue on the new plan")
+    parser.add_argument("--stop-at-step", type=int, metavar="STEP",
+                        help="stop at optimizer step STEP as if Ctrl+C were pressed (checkpoint, exit 0); "
+                             "for sessions shorter than the run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -72,22 +83,105 @@ def cli_resume_command(args, num_processes: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    workers = cpu_launch_world_size()
+    if workers > 1:
+        return spawn_cpu_workers(argv, workers)
+    return run(args)
+
+
+def run(args) -> int:
+    """Train in this process (one rank of a launched job, or the only process)."""
     stop = StopRequest()
     stop.install()
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    reached = [False]
+
+    def on_step(report) -> None:
+        if args.stop_at_step is not None and report.step + 1 >= args.stop_at_step:
+            reached[0] = True
+
     try:
-        with user_errors(PROGRAM):
+        with user_errors(PROGRAM if is_main else f"{PROGRAM} (rank {os.environ.get('RANK')})"):
             preset = load_preset(args.preset, args.overrides)
             from modules.training import train
 
             result = train(preset, resume=args.resume, rebase_schedule=args.rebase_schedule,
-                           should_stop=stop, progress_bar=not args.no_progress)
-            is_main = int(os.environ.get("RANK", "0")) == 0
+                           on_step=on_step, should_stop=lambda: stop() or reached[0],
+                           progress_bar=not args.no_progress)
             if not result.finished and is_main:
                 print(f"to resume: {cli_resume_command(args, preset.training.num_processes)}", flush=True)
     except KeyboardInterrupt:
         print(f"{PROGRAM}: aborted; the last complete checkpoint is untouched", file=sys.stderr)
         return EXIT_ABORTED
+    return 0
+
+
+# --- `accelerate launch --cpu --num_processes N`: start the N gloo workers here ------------------
+
+
+def cpu_launch_world_size() -> int:
+    """N when `accelerate launch --cpu --num_processes N` started this one process without mpirun, else 1."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes") or "MASTER_ADDR" not in env:
+        return 1
+    if any(name in env for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")):
+        return 1
+    return launcher_num_processes(os.getppid())
+
+
+def launcher_num_processes(pid: int) -> int:
+    """--num_processes of the `accelerate launch` command line of process `pid` (Linux /proc), else 1."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return 1
+    for index, word in enumerate(words):
+        if word == "--num_processes" and index + 1 < len(words) and words[index + 1].isdigit():
+            return int(words[index + 1])
+        if word.startswith("--num_processes="):
+            value = word.split("=", 1)[1]
+            return int(value) if value.isdigit() else 1
+    return 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, argv: list[str]) -> None:
+    os.setpgrp()  # signals reach the workers only through the parent, exactly once each
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), ACCELERATE_USE_CPU="true")
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))
+    sys.exit(run(build_parser().parse_args(argv)))
+
+
+def spawn_cpu_workers(argv: list[str], world: int) -> int:
+    """Run `world` CPU processes (gloo) of this script; forward SIGINT/SIGTERM; return the worst exit status."""
+    context = multiprocessing.get_context("spawn")
+    port = _free_port()
+    processes = [context.Process(target=_worker, args=(rank, world, port, argv)) for rank in range(world)]
+    for process in processes:
+        process.start()
+
+    def forward(signum, frame) -> None:
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    codes = []
+    for process in processes:
+        process.join()
+        codes.append(process.exitcode)
+    for code in codes:  # a user error (2) or an abort wins over success
+        if code:
+            return code if code > 0 else EXIT_ABORTED
     return 0
 
 

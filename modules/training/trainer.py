@@ -28,6 +28,7 @@ Contract (SPEC §1, §2, §4, §5, §6):
   that step on). A finished run is reported and returns finished=True.
 """
 
+import json
 import os
 import shutil
 import time
@@ -152,7 +153,9 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
     folder = _find_checkpoint(resume, output_dir)
     loaded = checkpoints.load_checkpoint(folder, rank) if folder is not None else None
     if loaded is not None:
-        changes = describe_changes(loaded.state.plan_identity, plan.identity())
+        # Compare as stored: JSON turns the identity's tuples into lists.
+        identity = json.loads(json.dumps(plan.identity()))
+        changes = describe_changes(loaded.state.plan_identity, identity)
         if changes and not rebase_schedule:
             raise ConfigError(
                 f"checkpoint '{folder}' was written for a different plan: {'; '.join(changes)} "
