@@ -157,5 +157,6 @@ def format_value(spec: FieldSpec, value: Any) -> Any:
     if spec.kind == "json" and not isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, float):
-        return repr(value)
+        # "3" rather than "3.0": the same text whether the preset file wrote 3 or 3.0.
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
     return str(value)
