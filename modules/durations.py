@@ -11,6 +11,7 @@ plan alone. Rounding is to the nearest step, halves up, once.
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal
 
 from modules.errors import ConfigError
@@ -29,14 +30,20 @@ class Duration:
     unit: Literal["steps", "epochs", "percent"]
 
     def to_steps(self, steps_per_epoch: int, total_steps: int) -> int:
-        """Optimizer steps, rounded to the nearest integer (halves up)."""
+        """Optimizer steps, rounded to the nearest integer (halves up).
+
+        The product is computed exactly on the decimal the user wrote
+        ("29%" of 50 steps is 14.5, so 15), never in binary floating point,
+        where 0.29 * 50 falls just below the half.
+        """
+        amount = Fraction(repr(self.amount))  # the shortest decimal that reads back as this float
         if self.unit == "steps":
-            exact = self.amount
+            exact = amount
         elif self.unit == "epochs":
-            exact = self.amount * steps_per_epoch
+            exact = amount * steps_per_epoch
         else:
-            exact = self.amount / 100.0 * total_steps
-        return int(math.floor(exact + 0.5))
+            exact = amount * total_steps / 100
+        return math.floor(exact + Fraction(1, 2))
 
     def __str__(self) -> str:
         amount = f"{self.amount:g}"
