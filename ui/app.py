@@ -19,6 +19,7 @@ import customtkinter as ctk
 from modules.errors import ConfigError
 from ui.controllers.fields import (
     DATA_MODEL_FIELDS,
+    OUTPUT_FIELDS,
     SCHEDULER_FIELDS,
     SCHEDULER_TYPE_FIELD,
     TRAINING_FIELDS,
@@ -85,7 +86,7 @@ class App(ctk.CTk):
         self.toolbar = Toolbar(self, self.load_dialog, self.save_dialog, self.export_csv_dialog,
                                self.export_png_dialog)
         self.toolbar.grid(row=0, column=0, sticky="we", padx=10, pady=(8, 0))
-        self.tabs = ctk.CTkTabview(self)
+        self.tabs = ctk.CTkTabview(self, command=self._plot_plan_on_run_tab)
         self.tabs.grid(row=1, column=0, sticky="nsew", padx=10, pady=(0, 4))
         for name in TABS:
             self.tabs.add(name)
@@ -113,11 +114,15 @@ class App(ctk.CTk):
                                                  command=self.recount), sticky="w")
 
     def _build_training_tab(self, tab) -> None:
+        tab.grid_columnconfigure((0, 1), weight=1, uniform="columns")
+        tab.grid_rowconfigure(0, weight=1)
         self.training_panel = FieldsPanel(tab, TRAINING_FIELDS, self.edit, self.browse, title="Training")
-        self.training_panel.pack(fill="both", expand=True)
-        self.groups_editor = ParamGroupsEditor(self.training_panel, self.edit_group, self.add_group,
+        self.training_panel.grid(row=0, column=0, sticky="nsew", padx=(0, 6))
+        self.output_panel = FieldsPanel(tab, OUTPUT_FIELDS, self.edit, self.browse, title="Output")
+        self.output_panel.grid(row=0, column=1, sticky="nsew")
+        self.groups_editor = ParamGroupsEditor(self.output_panel, self.edit_group, self.add_group,
                                                self.remove_group)
-        self.training_panel.add_widget(self.groups_editor)
+        self.output_panel.add_widget(self.groups_editor, sticky="w")
 
     def _build_scheduler_tab(self, tab) -> None:
         tab.grid_columnconfigure(1, weight=1)
@@ -130,7 +135,7 @@ class App(ctk.CTk):
 
     @property
     def panels(self) -> tuple[FieldsPanel, ...]:
-        return self.data_panel, self.training_panel, self.scheduler_panel
+        return self.data_panel, self.training_panel, self.output_panel, self.scheduler_panel
 
     def field_row(self, key: str):
         for panel in self.panels:
@@ -198,6 +203,8 @@ class App(ctk.CTk):
         self.redraws += 1
         state = self.preview_state = self.draft.evaluate()
         self.preview_panel.show(state)
+        if self.tabs.get() == "Run":
+            self._plot_plan_on_run_tab()
         self.status.show(state)
         self._mark_errors(state)
         path_row = self.data_panel.rows["data.path"]
@@ -209,6 +216,12 @@ class App(ctk.CTk):
             path_row.set_note(f"{state.image_count} image{'s' * (state.image_count != 1)}")
         elif state.error_key != "data.path":
             path_row.set_note("")
+
+    def _plot_plan_on_run_tab(self) -> None:
+        """Before the first run, the Run tab shows the plan Start would train (drawn only when shown)."""
+        state = self.preview_state
+        if self.tabs.get() == "Run" and self.run.status == "idle" and state is not None and state.fresh:
+            self.run_panel.plot_plan(state.preview)
 
     def _mark_errors(self, state: PreviewState) -> None:
         key = state.error_key if state.error else None

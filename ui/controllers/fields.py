@@ -59,6 +59,9 @@ TRAINING_FIELDS = (
               choices=OPTIMIZER_TYPES),
     FieldSpec("optimizer.lr", "Learning rate", "float", "peak LR of the parameters no group matches (group unet)"),
     FieldSpec("optimizer.weight_decay", "Weight decay", "float", "decoupled weight decay"),
+)
+
+OUTPUT_FIELDS = (
     FieldSpec("output.dir", "Output folder", "folder", "checkpoints, TensorBoard logs and the final model"),
     FieldSpec("output.checkpoint_every", "Checkpoint every", "duration", DURATION_HINT + "; empty: only at the end",
               optional=True),
@@ -84,7 +87,7 @@ SCHEDULER_FIELDS = (
               optional=True),
 )
 
-ALL_FIELDS = {spec.key: spec for spec in (*DATA_MODEL_FIELDS, *TRAINING_FIELDS, SCHEDULER_TYPE_FIELD,
+ALL_FIELDS = {spec.key: spec for spec in (*DATA_MODEL_FIELDS, *TRAINING_FIELDS, *OUTPUT_FIELDS, SCHEDULER_TYPE_FIELD,
                                           *SCHEDULER_FIELDS)}
 
 PARAM_GROUP_FIELDS = {

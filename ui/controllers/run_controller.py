@@ -30,7 +30,7 @@ class RunController:
     status: str = "idle"  # idle | running | stopping | finished | stopped | failed
     step: int = 0  # optimizer steps completed
     total_steps: int = 0
-    epoch: int = 0
+    epoch: int = 0  # 0-based, as the trainer reports it
     loss: float | None = None
     lrs: dict[str, float] = field(default_factory=dict)
     elapsed_seconds: float = 0.0
@@ -114,7 +114,8 @@ class RunController:
         text = f"step {self.step} / {self.total_steps}"
         if self.total_steps:
             text += f" ({100 * self.fraction:.0f}%)"
-        text += f"   epoch {self.epoch}   elapsed {format_seconds(self.elapsed_seconds)}"
+        epochs = f" / {self.planned.plan.num_epochs}" if self.planned is not None else ""
+        text += f"   epoch {self.epoch + 1}{epochs}   elapsed {format_seconds(self.elapsed_seconds)}"
         if self.active:
             text += f"   ETA {format_seconds(self.eta_seconds)}"
         return f"{text}   [{self.status}]"

@@ -17,6 +17,7 @@ ERROR_COLOR = ("#c0392b", "#ff6b6b")
 HINT_COLOR = ("gray35", "gray65")
 LABEL_WIDTH = 130
 ENTRY_WIDTH = 200
+FOLDER_WIDTH = 360
 
 
 def _default_border():
@@ -30,7 +31,8 @@ class FieldRow(ctk.CTkFrame):
         self.spec = spec
         self._on_edit = on_edit
         self._quiet = False
-        self.grid_columnconfigure(1, weight=1)
+        wide = spec.kind == "folder"
+        self.grid_columnconfigure(1, weight=1 if wide else 0)
         ctk.CTkLabel(self, text=spec.label, width=LABEL_WIDTH, anchor="w").grid(row=0, column=0, sticky="w")
         if spec.kind == "bool":
             self.variable = ctk.BooleanVar(value=False)
@@ -42,9 +44,9 @@ class FieldRow(ctk.CTkFrame):
                                            width=ENTRY_WIDTH, dynamic_resizing=False, command=self._edited)
         else:
             self.variable = ctk.StringVar(value="")
-            self.input = ctk.CTkEntry(self, textvariable=self.variable, width=ENTRY_WIDTH)
+            self.input = ctk.CTkEntry(self, textvariable=self.variable, width=FOLDER_WIDTH if wide else ENTRY_WIDTH)
             self.variable.trace_add("write", lambda *_: self._edited(self.variable.get()))
-        self.input.grid(row=0, column=1, sticky="we", padx=(4, 0))
+        self.input.grid(row=0, column=1, sticky="we" if wide else "w", padx=(4, 0))
         if spec.kind == "folder" and on_browse is not None:
             ctk.CTkButton(self, text="Browse...", width=76, command=lambda: on_browse(spec.key)).grid(
                 row=0, column=2, padx=(4, 0))
@@ -149,8 +151,12 @@ class ParamGroupsEditor(ctk.CTkFrame):
                                 "the rest form 'unet' at the learning rate above",
                      text_color=HINT_COLOR, font=ctk.CTkFont(size=11), anchor="w", justify="left",
                      wraplength=420).grid(row=1, column=0, sticky="w", padx=6)
+        self.headers = ctk.CTkFrame(self, fg_color="transparent")
+        for column, (text, width) in enumerate((("name", 110), ("match (regex)", 150), ("LR", 90))):
+            ctk.CTkLabel(self.headers, text=text, width=width, anchor="w", text_color=HINT_COLOR,
+                         font=ctk.CTkFont(size=11)).grid(row=0, column=column, padx=(0, 4))
         self.lines = ctk.CTkFrame(self, fg_color="transparent")
-        self.lines.grid(row=2, column=0, sticky="we", padx=6, pady=(0, 6))
+        self.lines.grid(row=3, column=0, sticky="we", padx=6, pady=(0, 6))
         self.message = ctk.CTkLabel(self, text="", text_color=ERROR_COLOR, font=ctk.CTkFont(size=11),
                                     anchor="w", justify="left", wraplength=420)
         self.entries: list[dict[str, ctk.CTkEntry]] = []
@@ -164,6 +170,10 @@ class ParamGroupsEditor(ctk.CTkFrame):
                 for child in self.lines.winfo_children():
                     child.destroy()
                 self.entries = [self._line(index) for index in range(len(groups))]
+                if groups:
+                    self.headers.grid(row=2, column=0, sticky="w", padx=6)
+                else:
+                    self.headers.grid_remove()
             for entries, group in zip(self.entries, groups):
                 for field, entry in entries.items():
                     if entry.variable.get() != group[field]:
@@ -195,6 +205,6 @@ class ParamGroupsEditor(ctk.CTkFrame):
                 entry.configure(border_color=ERROR_COLOR if marked else _default_border())
         if message:
             self.message.configure(text=message)
-            self.message.grid(row=3, column=0, sticky="w", padx=6, pady=(0, 6))
+            self.message.grid(row=4, column=0, sticky="w", padx=6, pady=(0, 6))
         else:
             self.message.grid_remove()

@@ -97,6 +97,10 @@ class RunPanel(ctk.CTkFrame):
             self.log_box.see("end")
             self.log_box.configure(state="disabled")
 
+    def plot_plan(self, preview) -> None:
+        """Before a run: the curve Start would train."""
+        self.plot(RunController(planned=preview))
+
     def plot(self, run: RunController) -> None:
         if run.planned is None:
             return
@@ -104,13 +108,16 @@ class RunPanel(ctk.CTkFrame):
         if dark != self.lr_plot.dark:
             self.lr_plot.set_dark(dark)
             self._style_loss_axes()
-        self.lr_plot.update(run.planned, actual=run.actual_lrs(), title="learning rate: planned and used")
+        title = "learning rate: planned and used" if run.status != "idle" else "learning rate: the plan Start trains"
+        self.lr_plot.update(run.planned, actual=run.actual_lrs(), title=title)
         steps = run.used_steps
         self.loss_line.set_data(steps, run.losses)
+        self.loss_axes.set_xlim(0, max(run.planned.plan.total_steps, 1))
         if steps:
-            self.loss_axes.set_xlim(0, max(run.planned.plan.total_steps, 1))
             low, high = min(run.losses), max(run.losses)
             margin = (high - low) * 0.1 or abs(high) * 0.1 or 1.0
             self.loss_axes.set_ylim(low - margin, high + margin)
+        else:
+            self.loss_axes.set_ylim(0, 1)
         self.loss_axes.set_title("loss", fontsize="medium", color=self.lr_plot.theme["foreground"])
         self.canvas.draw_idle()

@@ -1,0 +1,220 @@
+"""The real window under a virtual screen (Xvfb): edits redraw the preview, Start trains.
+
+Screenshots go to test-artifacts/ for a person to look at.
+"""
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, make_images
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def display():
+    """Start `Xvfb :N` for this module and point DISPLAY at it."""
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (make test installs it where apt-get is available)")
+    for number in range(91, 120):
+        if not Path(f"/tmp/.X11-unix/X{number}").exists() and not Path(f"/tmp/.X{number}-lock").exists():
+            break
+    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1400x900x24", "-nolisten", "tcp"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not Path(f"/tmp/.X11-unix/X{number}").exists():
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            pytest.skip(f"Xvfb :{number} did not start")
+        time.sleep(0.05)
+    previous = os.environ.get("DISPLAY")
+    os.environ["DISPLAY"] = f":{number}"
+    yield f":{number}"
+    if previous is None:
+        del os.environ["DISPLAY"]
+    else:
+        os.environ["DISPLAY"] = previous
+    server.terminate()
+    server.wait(10)
+
+
+@pytest.fixture
+def app(display, tmp_path):
+    import customtkinter as ctk
+
+    from ui.app import App
+    from ui.controllers.preset_draft import PresetDraft
+
+    ctk.set_appearance_mode("light")
+    raw = {
+        "version": 1,
+        "model": {"config": "tiny", "resolution": 16},
+        "data": {"path": str(make_images(tmp_path / "images", 7))},
+        "training": {"epochs": 3, "batch_size": 1, "gradient_accumulation_steps": 2, "device": "cpu"},
+        "optimizer": {"lr": 1e-3, "param_groups": [{"name": "attention", "match": "attentions", "lr": 4e-4}]},
+        "scheduler": {"type": "cosine_with_hard_restarts", "warmup": 2, "cycles": 2, "min_factor": 0.1},
+        "output": {"dir": str(tmp_path / "out"), "checkpoint_every": "1 epochs"},
+    }
+    window = App(PresetDraft(raw))
+    window.geometry("1280x800+0+0")
+    pump(window, lambda: window.preview_state is not None and window.preview_state.fresh)
+    yield window
+    if window.training is not None:
+        window.training.kill()
+    window.destroy()
+
+
+def pump(window, condition, timeout_seconds: float = 20.0) -> None:
+    """Run the Tk event loop until `condition()` holds."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        window.update()
+        if condition():
+            return
+        assert time.monotonic() < deadline, "the window did not reach the expected state in time"
+        time.sleep(0.01)
+
+
+def settle(window, seconds: float = 0.4) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        window.update()
+        time.sleep(0.01)
+
+
+def screenshot(window, display: str, name: str) -> Path:
+    from PIL import ImageGrab
+
+    window.update()
+    ARTIFACTS.mkdir(exist_ok=True)
+    x, y = window.winfo_rootx(), window.winfo_rooty()
+    image = ImageGrab.grab(bbox=(x, y, x + window.winfo_width(), y + window.winfo_height()), xdisplay=display)
+    path = ARTIFACTS / name
+    image.save(path)
+    return path
+
+
+def select_tab(window, name: str) -> None:
+    """Show tab `name`. CTkTabview.set hides the other tabs 100 ms later, so a second set inside
+    those 100 ms would be undone: wait them out, as a user's clicks always do."""
+    window.tabs.set(name)
+    settle(window, 0.15)
+
+
+def type_into(entry, text: str) -> None:
+    """Replace the entry's text one key at a time, as a user types."""
+    entry.delete(0, "end")
+    for character in text:
+        entry.insert("end", character)
+
+
+def plotted(window, group: str) -> np.ndarray:
+    return np.asarray(window.preview_panel.plot.curve_artists[group].get_ydata())
+
+
+def test_editing_a_field_redraws_the_preview_once_after_the_debounce(app, display):
+    select_tab(app, "Training")
+    before_lrs = plotted(app, "unet").copy()
+    before_redraws = app.redraws
+    entry = app.field_row("optimizer.lr").input
+    type_into(entry, "0.0005")
+    assert app.redraws == before_redraws  # nothing is recomputed while the user is typing
+    pump(app, lambda: app.redraws > before_redraws)
+    settle(app)
+    assert app.redraws == before_redraws + 1
+    after_lrs = plotted(app, "unet")
+    np.testing.assert_allclose(after_lrs, before_lrs * 0.5)
+    assert app.preview_panel.summary.cget("text").startswith("7 images x 1 repeat, batch 1, accumulation 2 -> 4 steps")
+
+    select_tab(app, "Scheduler")
+    type_into(app.field_row("scheduler.warmup").input, "1 epochs")
+    pump(app, lambda: app.preview_state.fresh and app.preview_state.preview.plan.warmup_steps == 4)
+    settle(app)
+    screenshot(app, display, "scheduler_tab_light.png")
+
+
+def test_an_invalid_field_is_marked_and_the_last_curve_stays(app, display):
+    select_tab(app, "Scheduler")
+    before = plotted(app, "attention").copy()
+    row = app.field_row("scheduler.min_factor")
+    type_into(row.input, "1.5")
+    pump(app, lambda: app.preview_state.error is not None)
+    settle(app)
+    assert app.preview_state.error_key == "scheduler.min_factor"
+    assert row.error == app.preview_state.error and "less than 1" in row.error
+    assert row.message.winfo_ismapped()
+    assert row.input.cget("border_color") != app.field_row("scheduler.warmup").input.cget("border_color")
+    np.testing.assert_array_equal(plotted(app, "attention"), before)
+    screenshot(app, display, "scheduler_tab_invalid_field.png")
+    type_into(row.input, "0.2")
+    pump(app, lambda: app.preview_state.fresh)
+    assert row.error is None and not row.message.winfo_ismapped()
+
+
+def test_switching_the_schedule_type_shows_only_its_fields(app, display):
+    select_tab(app, "Scheduler")
+    menu = app.field_row("scheduler.type").input
+    menu._dropdown_callback("sine")  # what choosing the entry in the menu does
+    pump(app, lambda: app.preview_state.fresh and app.preview_state.preview.plan.schedule.type == "sine")
+    visible = app.scheduler_panel.visible_keys()
+    assert "scheduler.period" in visible and "scheduler.cycles" not in visible
+    assert app.field_row("scheduler.period").get_value() == "1 epochs"
+
+
+def test_dark_mode_screenshot(app, display):
+    import customtkinter as ctk
+
+    ctk.set_appearance_mode("dark")
+    try:
+        app.refresh()
+        settle(app, 0.6)
+        assert app.preview_panel.plot.dark
+        screenshot(app, display, "scheduler_tab_dark.png")
+    finally:
+        ctk.set_appearance_mode("light")
+
+
+def test_start_trains_the_settings_on_screen_and_draws_the_lr_used(app, display):
+    select_tab(app, "Training")
+    type_into(app.field_row("training.epochs").input, "2")
+    pump(app, lambda: app.preview_state.fresh and app.preview_state.preview.plan.total_steps == 8)
+    select_tab(app, "Run")
+    app.run_panel.start_button.invoke()
+    assert app.run.status == "running"
+    pump(app, lambda: not app.run.active, timeout_seconds=180)
+    settle(app, 0.8)
+    assert app.run.status == "finished", app.run.log_lines
+    planned = app.run.planned
+    assert planned.plan.total_steps == 8
+    used = {line.get_label(): line for line in app.run_panel.lr_plot.axes.lines}
+    for index, name in enumerate(planned.curve.group_names):
+        dots = used[f"lr/{name} used"]
+        np.testing.assert_array_equal(dots.get_xdata(), np.arange(8))
+        assert list(dots.get_ydata()) == [planned.curve.effective_lrs(k)[index] for k in range(8)]
+    assert len(app.run_panel.loss_line.get_xdata()) == 8
+    assert app.run_panel.progress_label.cget("text").startswith("step 8 / 8 (100%)")
+    assert "finished 8 steps" in app.run_panel.log_box.get("1.0", "end")
+    screenshot(app, display, "run_tab_finished.png")
+
+
+def test_a_trainer_error_shows_in_the_run_tab(app, display, tmp_path):
+    # A model folder that does not exist passes the preset validator; the trainer finds out.
+    select_tab(app, "Data & model")
+    app.field_row("model.config").input._dropdown_callback("(none)")
+    type_into(app.field_row("model.path").input, str(tmp_path / "no_model_here"))
+    pump(app, lambda: app.preview_state.fresh and app.draft.value("model.path"))
+    select_tab(app, "Run")
+    app.run_panel.start_button.invoke()
+    pump(app, lambda: not app.run.active, timeout_seconds=120)
+    settle(app)
+    assert app.run.status == "failed"
+    assert app.run.error.startswith("model.path:") and "does not exist" in app.run.error
+    screenshot(app, display, "run_tab_error.png")
+    assert app.run_panel.error_label.winfo_ismapped()
+    assert app.run_panel.error_label.cget("text") == app.run.error
