@@ -186,6 +186,14 @@ def applied_multipliers(schedule: ResolvedSchedule, steps=None) -> np.ndarray:
         return np.ones(k.shape, dtype=np.float64)
     result = np.empty(k.shape, dtype=np.float64)
     warmup_steps = schedule.warmup_steps
+    if steps is None:
+        # The whole plan, k = 0 .. T - 1 in order: the two phases are slices (views), which
+        # spares a million-step plan the masked copies of the general path below.
+        s = schedule.warmup_start_factor
+        head = k[:warmup_steps]
+        result[:warmup_steps] = s + (1.0 - s) * (head.astype(np.float64) / float(max(1, warmup_steps)))
+        result[warmup_steps:] = SHAPES[schedule.type](schedule, k[warmup_steps:])
+        return result
     in_warmup = k < warmup_steps
     if in_warmup.any():
         s = schedule.warmup_start_factor
