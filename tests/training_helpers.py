@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -9,7 +10,7 @@ from modules.config import validate_preset
 from tests.conftest import make_images
 
 
-def tiny_preset(tmp_path: Path, images: int = 7, output: str = "out", **sections):
+def tiny_preset(tmp_path: Path, images: int = 7, out: str = "out", **sections):
     """A preset for the tiny UNet at resolution 8 on `images` generated images; `sections` overlay it."""
     folder = tmp_path / f"images_{images}"
     if not folder.exists():
@@ -21,7 +22,7 @@ def tiny_preset(tmp_path: Path, images: int = 7, output: str = "out", **sections
         "optimizer": {"type": "adamw", "lr": 1e-3,
                       "param_groups": [{"name": "attention", "match": "attentions", "lr": 5e-4}]},
         "scheduler": {"type": "cosine", "warmup": 2},
-        "output": {"dir": str(tmp_path / output), "checkpoint_every": None, "keep_checkpoints": 3},
+        "output": {"dir": str(tmp_path / out), "checkpoint_every": None, "keep_checkpoints": 3},
     }
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
@@ -46,3 +47,12 @@ def scalar_events(output_dir: Path) -> dict[str, list[tuple[int, float]]]:
     accumulator.Reload()
     return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
             for tag in accumulator.Tags()["scalars"]}
+
+
+@pytest.fixture(autouse=False)
+def one_thread():
+    """Tiny models train faster and steadier on one thread, and the test machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,166 @@
+"""scripts/train.py as a user runs it: exit codes, SIGTERM, SIGKILL, two CPU processes (subprocesses)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modules.config import save_preset
+from modules.preview import build_preview
+from modules.training import train
+from tests.training_helpers import assert_same_weights, final_weights, one_thread, scalar_events, tiny_preset  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "train.py"
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+
+def environment() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def write_preset(tmp_path: Path, name: str = "preset.json", **sections) -> Path:
+    path = tmp_path / name
+    save_preset(tiny_preset(tmp_path, **sections), path)
+    return path
+
+
+def train_command(*args) -> list[str]:
+    return [sys.executable, str(SCRIPT), *map(str, args), "--no-progress"]
+
+
+def run(command: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment(), cwd=ROOT)
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    preset = write_preset(tmp_path)
+    result = run(train_command(preset, "--set", "training.batch_sise=2"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("train.py: error: training.batch_sise") and "batch_size" in result.stderr
+
+
+def test_unreadable_image_exits_2_naming_the_file(tmp_path):
+    preset = write_preset(tmp_path)
+    broken = tmp_path / "images_7" / "image_0002.png"
+    broken.write_bytes(b"\x89PNG broken")
+    result = run(train_command(preset))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(broken) in lines[0] and "Traceback" not in result.stderr
+
+
+def newest_step(output: Path) -> int:
+    """global_step of the newest complete checkpoint, -1 if none (safe while a run prunes old ones)."""
+    steps = [-1]
+    for path in (output / "checkpoints").iterdir() if (output / "checkpoints").is_dir() else ():
+        try:
+            if not path.name.startswith("."):
+                steps.append(json.loads((path / "training_state.json").read_text())["global_step"])
+        except FileNotFoundError:
+            pass
+    return max(steps)
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 90, interval: float = 0.001) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the run ended first: {process.communicate()}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(interval)
+
+
+def test_sigterm_then_sigkill_mid_checkpoint_then_resume_equals_a_straight_run(tmp_path):
+    sections = {"training": {"epochs": 6}, "output": {"checkpoint_every": 1, "keep_checkpoints": 2}}
+    straight = tiny_preset(tmp_path, out="straight", **sections)
+    train(straight, progress_bar=False, log=lambda message: None)
+    preset = write_preset(tmp_path, **sections)
+    output = tmp_path / "out"
+    total = build_preview(straight).plan.total_steps
+
+    # 1. SIGTERM: finish the step, write a checkpoint, print how to resume, exit 0.
+    process = subprocess.Popen(train_command(preset), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=environment(), cwd=ROOT)
+    wait_for(lambda: newest_step(output) >= 2, process)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert f"to resume: python scripts/train.py {preset} --resume" in stdout
+    stopped_at = newest_step(output)
+    assert 2 <= stopped_at < total
+
+    # 2. SIGKILL while a later checkpoint is being written (a random one).
+    target = stopped_at + random.randint(2, 8)
+    process = subprocess.Popen(train_command(preset, "--resume"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=environment(), cwd=ROOT)
+
+    def writing_target() -> bool:
+        try:
+            names = os.listdir(output / "checkpoints")
+        except FileNotFoundError:
+            return False
+        return any(name.startswith(".step-") and int(name[6:14]) >= target for name in names)
+
+    wait_for(writing_target, process)
+    process.kill()
+    process.wait(timeout=30)
+    killed_at = newest_step(output)
+    assert stopped_at < killed_at < total
+
+    # 3. Resume from the last complete checkpoint to the end: the same weights and one clean LR curve.
+    result = run(train_command(preset, "--resume"))
+    assert result.returncode == 0, result.stderr
+    assert f"resuming from '{output / 'checkpoints' / f'step-{killed_at:08d}'}'" in result.stdout
+    assert_same_weights(final_weights(straight.output.dir), final_weights(output))
+    events = scalar_events(output)
+    assert [step for step, _ in events["lr/unet"]] == list(range(total))
+    assert events["lr/unet"] == scalar_events(straight.output.dir)["lr/unet"]
+
+
+def accelerate_launch(*args) -> list[str]:
+    return [str(ACCELERATE), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), *map(str, args), "--no-progress"]
+
+
+def test_two_cpu_processes_follow_the_plan_and_resume_exactly(tmp_path):
+    sections = {"training": {"num_processes": 2, "epochs": 3}, "output": {"checkpoint_every": None}}
+    straight = write_preset(tmp_path, "straight.json", out="straight", **sections)
+    stopped = write_preset(tmp_path, "stopped.json", out="stopped", **sections)
+    preview = build_preview(tiny_preset(tmp_path, out="straight", **sections))
+    total = preview.plan.total_steps
+    assert preview.plan.num_processes == 2 and total == 6  # 7 samples over 2 processes: 4 micro-batches, 2 steps
+
+    first = run(accelerate_launch(straight), timeout=180)
+    assert first.returncode == 0, first.stderr
+    assert "processes: 2" in first.stdout and first.stdout.count("finished 6 steps") == 1
+
+    events = scalar_events(tmp_path / "straight")
+    for column, name in enumerate(["attention", "unet"]):
+        steps, values = zip(*events[f"lr/{name}"])
+        assert list(steps) == list(range(total))
+        np.testing.assert_allclose(values, preview.curve.effective_table()[:, column], rtol=1e-6, atol=0)
+    optimizer = torch.load(tmp_path / "straight" / "checkpoints" / "step-00000006" / "optimizer.pt",
+                           weights_only=True)
+    assert {float(state["step"]) for state in optimizer["optimizer"]["state"].values()} == {6.0}
+    assert sorted(path.name for path in (tmp_path / "straight" / "checkpoints" / "step-00000006").glob("rng*")) == [
+        "rng_state_0.pt", "rng_state_1.pt"]
+
+    second = run(accelerate_launch(stopped, "--stop-at-step", 2), timeout=180)
+    assert second.returncode == 0, second.stderr
+    assert "to resume: accelerate launch --num_processes 2 scripts/train.py" in second.stdout
+    third = run(accelerate_launch(stopped, "--resume"), timeout=180)
+    assert third.returncode == 0, third.stderr
+    assert "at step 2 of 6" in third.stdout
+    assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "stopped"))
+    assert scalar_events(tmp_path / "stopped") == events
