@@ -1,5 +1,6 @@
 """Shared command-line plumbing: bad input is one line on stderr and exit status 2."""
 
+import argparse
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,4 +19,12 @@ def user_errors(program: str):
         yield
     except ConfigError as error:
         print(f"{program}: error: {error}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`program: error: ...`) and exit status 2, like every other error."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

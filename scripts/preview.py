@@ -8,11 +8,10 @@ for every optimizer step, `--png` a picture of the curve. Does not import
 torch.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
-from _cli import user_errors
+from _cli import OneLineArgumentParser, user_errors
 
 from modules.config import load_preset
 from modules.errors import ConfigError
@@ -22,7 +21,7 @@ PROGRAM = "preview.py"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0])
     parser.add_argument("preset", help="preset JSON file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a preset value, e.g. --set scheduler.warmup=10%%")
