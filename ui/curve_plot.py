@@ -12,13 +12,18 @@ artists, which is what keeps the app's preview fast; `draw_preview` is the
 one-shot form for a fresh figure.
 """
 
+import math
+
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.ticker import EngFormatter
 
 from modules.preview import Preview, envelope
 
 MAX_LINE_POINTS = 4000
+# The app's preview draws fewer bins: about two per horizontal pixel is all the eye can see.
+APP_LINE_POINTS = 2000
 MAX_MARKS = 300
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 DARK_COLORS = ("#5aa9e6", "#ffa24c", "#5fd35f", "#ff6b6b", "#c39bef", "#d4a373")
@@ -38,17 +43,33 @@ class PreviewPlot:
 
     `actual`, if given, maps a group name to (steps, lrs) really used by a
     training run; they are drawn as dots over the planned curve.
+
+    With `blit=True` (the app's live preview; the figure must have a canvas)
+    the data artists are "animated": a full draw renders the axes, ticks,
+    grid and legend once and keeps that background, and an edit that leaves
+    the limits and the legend as they were only restores the background and
+    draws the new curve over it (`render`). Anything else (a new length, a
+    new peak LR, other legend entries, a resized canvas) takes a full draw.
     """
 
-    def __init__(self, figure: Figure, dark: bool = False, max_line_points: int = MAX_LINE_POINTS, axes=None):
+    def __init__(self, figure: Figure, dark: bool = False, max_line_points: int = MAX_LINE_POINTS, axes=None,
+                 blit: bool = False):
         self.figure = figure
         self.max_line_points = max_line_points
+        self.blit = blit
         self.axes = axes if axes is not None else figure.add_subplot(1, 1, 1)
         self.curve_artists: dict = {}  # group name -> the line or min/max band drawn for it
+        self.data_artists: list = []
+        self.full_draws = 0  # how many edits needed a full draw (the benchmark reports it)
+        self._static_key = None
+        self._background = None
+        self._needs_full_draw = True
         self.axes.set_xlabel("optimizer step")
         self.axes.set_ylabel("learning rate")
         self.axes.yaxis.set_major_formatter(EngFormatter(places=2))
         self.set_dark(dark)
+        if blit:
+            figure.canvas.mpl_connect("draw_event", self._on_full_draw)
 
     def set_dark(self, dark: bool) -> None:
         """Switch colours between the light and dark theme (takes effect at the next draw)."""
@@ -64,6 +85,7 @@ class PreviewPlot:
         axes.yaxis.label.set_color(theme["foreground"])
         axes.title.set_color(theme["foreground"])
         axes.grid(True, alpha=0.35, color=theme["grid"])
+        self._static_key = None
 
     def update(self, preview: Preview, actual: dict | None = None, title: str | None = None):
         """Replace the plotted data with `preview` (and `actual`); return the axes.
@@ -71,28 +93,31 @@ class PreviewPlot:
         `title` None shows the plan's summary line, "" shows none.
         """
         axes, theme = self.axes, self.theme
-        for artist in [*axes.lines, *axes.collections, *axes.patches]:
+        for artist in self.data_artists:
             artist.remove()
-        if axes.get_legend() is not None:
-            axes.get_legend().remove()
+        self.data_artists = []
 
         plan, curve = preview.plan, preview.curve
         total = plan.total_steps
         # lr[g][k] = base_lr[g] * f(k) with base_lr[g] > 0, so the envelope of f scales to every group.
-        steps, low, high = envelope(curve.effective_multipliers, self.max_line_points)
+        # The effective factor is the applied one except for schedule-free optimizers (modules.lr_curve);
+        # the applied one is computed on the whole-plan fast path.
+        multipliers = curve.effective_multipliers if plan.schedule.schedule_free else curve.applied_multipliers
+        steps, low, high = envelope(multipliers, self.max_line_points)
+        added = []
 
         if plan.warmup_steps:
-            axes.axvspan(0, plan.warmup_steps, color=theme["warmup"], alpha=0.3, lw=0, label="warmup")
-        epoch_starts = plan.epoch_starts[1:]
-        if len(epoch_starts) <= MAX_MARKS:
-            for index, step in enumerate(epoch_starts):
-                axes.axvline(step, color=theme["epoch"], lw=0.6, alpha=0.6,
-                             label="epoch start" if index == 0 else None)
+            added.append(axes.axvspan(0, plan.warmup_steps, color=theme["warmup"], alpha=0.3, lw=0, label="warmup"))
+        # Count first: a million-step plan has hundreds of thousands of epoch starts, none of them drawn.
+        if plan.num_epochs - 1 <= MAX_MARKS:
+            for index, step in enumerate(plan.epoch_starts[1:]):
+                added.append(axes.axvline(step, color=theme["epoch"], lw=0.6, alpha=0.6,
+                                          label="epoch start" if index == 0 else None))
         cycle_starts = plan.cycle_starts
         if len(cycle_starts) <= MAX_MARKS:
             for index, step in enumerate(cycle_starts):
-                axes.axvline(step, color=theme["cycle"], lw=0.8, ls="--", alpha=0.7,
-                             label="cycle start" if index == 0 else None)
+                added.append(axes.axvline(step, color=theme["cycle"], lw=0.8, ls="--", alpha=0.7,
+                                          label="cycle start" if index == 0 else None))
 
         colors = theme["colors"]
         self.curve_artists = {}
@@ -110,26 +135,105 @@ class PreviewPlot:
                 self.curve_artists[name] = axes.fill_between(
                     np.repeat(edges, 2)[1:-1], base_lr * np.repeat(low, 2), base_lr * np.repeat(high, 2),
                     color=color, alpha=0.55, lw=0.8, label=f"lr/{name} (min-max)")
+            added.append(self.curve_artists[name])
             if actual and name in actual:
                 done_steps, done_lrs = actual[name]
-                axes.plot(done_steps, done_lrs, ".", color=color, ms=5, markeredgecolor=theme["foreground"],
-                          mew=0.4, label=f"lr/{name} used")
+                added.extend(axes.plot(done_steps, done_lrs, ".", color=color, ms=5,
+                                       markeredgecolor=theme["foreground"], mew=0.4, label=f"lr/{name} used"))
 
         checkpoints = plan.checkpoint_steps
         if checkpoints and len(checkpoints) <= MAX_MARKS:
-            axes.plot(checkpoints, [0] * len(checkpoints), "|", color=theme["checkpoint"], ms=10, mew=1.5,
-                      label="checkpoint", clip_on=False)
+            added.extend(axes.plot(checkpoints, [0] * len(checkpoints), "|", color=theme["checkpoint"], ms=10,
+                                   mew=1.5, label="checkpoint", clip_on=False))
+        self.data_artists = added
 
-        axes.set_xlim(0, total)
         peak = float(high.max()) * max(curve.base_lrs) if total else 1.0
-        axes.set_ylim(0, peak * 1.08 if peak > 0 else 1.0)
-        # Beside the axes, so it never hides the curve (constrained layout makes room for it).
-        legend = axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small",
-                             framealpha=0.85, facecolor=theme["legend"], edgecolor=theme["grid"])
-        for text in legend.get_texts():
-            text.set_color(theme["foreground"])
-        axes.set_title(plan.summary() if title is None else title, fontsize="medium", color=theme["foreground"])
+        limits = ((0, total), (0, peak * 1.08 if peak > 0 else 1.0))
+        labels = tuple(artist.get_label() for artist in added if not artist.get_label().startswith("_"))
+        title_text = plan.summary() if title is None else title
+        static_key = (limits, labels, title_text, self.dark)
+        if static_key != self._static_key or not self.blit:
+            axes.set_xlim(*limits[0])
+            axes.set_ylim(*limits[1])
+            if axes.get_legend() is not None:
+                axes.get_legend().remove()
+            # Beside the axes, so it never hides the curve (constrained layout makes room for it).
+            legend = axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                                 fontsize="small", framealpha=0.85, facecolor=theme["legend"],
+                                 edgecolor=theme["grid"])
+            for text in legend.get_texts():
+                text.set_color(theme["foreground"])
+            axes.set_title(title_text, fontsize="medium", color=theme["foreground"])
+            self._static_key = static_key
+            self._needs_full_draw = True
+        if self.blit:
+            for artist in added:
+                artist.set_animated(True)
         return axes
+
+    def render(self) -> None:
+        """Show the last `update` on the canvas: a blit when the background still fits, else a full draw."""
+        canvas = self.figure.canvas
+        size = tuple(self.figure.bbox.size)
+        if not self.blit or self._needs_full_draw or self._background is None or self._background[0] != size:
+            self.full_draws += 1
+            canvas.draw_idle()
+            return
+        canvas.restore_region(self._background[1])
+        self._draw_data()
+        canvas.blit(self.figure.bbox)
+
+    def _on_full_draw(self, event) -> None:
+        # A full draw skipped the animated data artists: keep what it drew, then draw the data over it.
+        canvas = self.figure.canvas
+        self._background = (tuple(self.figure.bbox.size), canvas.copy_from_bbox(self.figure.bbox))
+        self._needs_full_draw = False
+        self._draw_data()
+
+    def _draw_data(self) -> None:
+        for artist in self.data_artists:
+            self.axes.draw_artist(artist)
+
+
+class ReusedConstrainedLayout(ConstrainedLayoutEngine):
+    """Constrained layout, recomputed only when something it depends on changed.
+
+    Laying out the figure costs about as much as rendering it. Between two
+    edits usually only the curve changes, so the margins are reused until
+    the canvas size, a title or label, the legend entries, the order of
+    magnitude of the y range (the width of the tick labels) or the number
+    of digits of the x range differ.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._laid_out_for = None
+
+    def execute(self, figure):
+        key = self.layout_key(figure)
+        if key != self._laid_out_for:
+            super().execute(figure)
+            self._laid_out_for = key
+
+    @staticmethod
+    def layout_key(figure) -> tuple:
+        parts: list = [tuple(figure.get_size_inches()), figure.dpi]
+        for axes in figure.axes:
+            legend = axes.get_legend()
+            low, high = axes.get_ylim()
+            magnitude = max(abs(low), abs(high))
+            parts.append((
+                tuple(text.get_text() for text in legend.get_texts()) if legend is not None else (),
+                axes.get_title(), axes.get_xlabel(), axes.get_ylabel(),
+                math.floor(math.log10(magnitude)) if magnitude > 0 else None,
+                len(str(int(abs(axes.get_xlim()[1])))),
+            ))
+        return tuple(parts)
+
+
+def make_preview_figure(width_inches: float, height_inches: float, dpi: int = 100) -> Figure:
+    """A Figure for repeated `PreviewPlot.update` calls (the app's live preview)."""
+    return Figure(figsize=(width_inches, height_inches), dpi=dpi, layout=ReusedConstrainedLayout())
 
 
 def draw_preview(figure: Figure, preview: Preview, actual: dict | None = None, title: str | None = None,

@@ -13,20 +13,24 @@ from matplotlib.backends.backend_tkagg import FigureCanvasTkAgg
 from matplotlib.figure import Figure
 
 from ui.controllers.preset_draft import PreviewState
-from ui.curve_plot import PreviewPlot
+from ui.curve_plot import APP_LINE_POINTS, PreviewPlot, make_preview_figure
 from ui.views.fields_panel import ERROR_COLOR, HINT_COLOR
 
 WARNING_COLOR = ("#a04000", "#f0b45a")
-# Bins of the min/max band: about two per horizontal pixel of the plot is all the eye can see.
-PREVIEW_LINE_POINTS = 2000
+PREVIEW_LINE_POINTS = APP_LINE_POINTS
 
 
 def is_dark() -> bool:
     return ctk.get_appearance_mode() == "Dark"
 
 
-def make_figure(width_inches: float = 7.0, height_inches: float = 4.4) -> Figure:
-    return Figure(figsize=(width_inches, height_inches), dpi=100, layout="constrained")
+# The preview's size in the 1280x800 window (Tk resizes the canvas to its cell).
+PREVIEW_SIZE_INCHES = (8.2, 5.7)
+
+
+def make_figure(width_inches: float = PREVIEW_SIZE_INCHES[0],
+                height_inches: float = PREVIEW_SIZE_INCHES[1]) -> Figure:
+    return make_preview_figure(width_inches, height_inches)
 
 
 class PreviewPanel(ctk.CTkFrame):
@@ -38,8 +42,8 @@ class PreviewPanel(ctk.CTkFrame):
                                                                                                  weight="bold"))
         self.summary.grid(row=0, column=0, sticky="we", padx=8, pady=(8, 2))
         self.figure = make_figure()
-        self.plot = PreviewPlot(self.figure, dark=is_dark(), max_line_points=PREVIEW_LINE_POINTS)
         self.canvas = FigureCanvasTkAgg(self.figure, master=self)
+        self.plot = PreviewPlot(self.figure, dark=is_dark(), max_line_points=PREVIEW_LINE_POINTS, blit=True)
         self.canvas.get_tk_widget().grid(row=1, column=0, sticky="nsew", padx=8, pady=4)
         self.message = ctk.CTkLabel(self, text="", anchor="w", justify="left", text_color=ERROR_COLOR)
         self.warnings = ctk.CTkLabel(self, text="", anchor="w", justify="left", text_color=WARNING_COLOR)
@@ -60,7 +64,7 @@ class PreviewPanel(ctk.CTkFrame):
         if state.preview is not None and state.preview is not self.shown:
             self.plot.update(state.preview, title="")
             self.shown = state.preview
-            self.canvas.draw_idle()
+            self.plot.render()
             plan = state.preview.plan
             self.summary.configure(text=plan.summary())
             self.warnings.configure(text="\n".join(f"warning: {line}" for line in plan.warnings))
