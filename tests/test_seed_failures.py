@@ -137,6 +137,18 @@ def test_simpletuner_sine_position_cannot_drift_on_resume(resume_at):
     assert one_by_one == list(full[resume_at:end])
 
 
+def test_simpletuner_sine_waves_are_bit_identical_over_a_long_run():
+    # 300,000 steps of 14-step waves: every wave must equal the first one exactly (not within 1e-9),
+    # and every trough must be exactly min_factor, however far the run has gone.
+    period, warmup, min_factor = 14, 5, 0.1
+    _, plan = build(images=1, training={"max_steps": 300_000},
+                    scheduler={"type": "sine", "period": period, "min_factor": min_factor, "warmup": warmup})
+    after = applied_multipliers(plan.schedule)[warmup:]
+    waves = after[: len(after) // period * period].reshape(-1, period)
+    assert np.array_equal(waves, np.broadcast_to(waves[0], waves.shape))
+    assert np.all(waves[:, 0] == 1.0) and np.all(waves[:, period // 2] == min_factor)
+
+
 # --- 3. XTuner: cosine over several epochs --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("accumulation", [1, 2])
