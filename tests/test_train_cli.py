@@ -164,3 +164,42 @@ def test_two_cpu_processes_follow_the_plan_and_resume_exactly(tmp_path):
     assert "at step 2 of 6" in third.stdout
     assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "stopped"))
     assert scalar_events(tmp_path / "stopped") == events
+
+
+def load_script():
+    import importlib.util
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("train_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_first_signal_requests_a_stop_and_a_second_ctrl_c_aborts():
+    script = load_script()
+    stop = script.StopRequest()
+    assert not stop()
+    stop._handle(signal.SIGTERM, None)
+    assert stop()
+    stop._handle(signal.SIGTERM, None)  # a repeated SIGTERM keeps waiting for the checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGINT, None)
+
+
+def test_accelerate_cpu_launch_size_is_read_from_the_launcher(tmp_path, monkeypatch):
+    script = load_script()
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "--num_processes", "3"])
+    try:
+        monkeypatch.setattr(os, "getppid", lambda: launcher.pid)
+        assert script.cpu_launch_world_size() == 3
+        monkeypatch.setenv("WORLD_SIZE", "3")  # already one of N launched processes
+        assert script.cpu_launch_world_size() == 1
+    finally:
+        launcher.kill()
+        launcher.wait()
