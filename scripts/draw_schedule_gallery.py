@@ -66,8 +66,8 @@ SCHEDULES: dict[str, tuple[dict, str, str]] = {
     ),
     "piecewise_constant": (
         {"min_factor": 0.0, "steps": [[0, 1.0], ["40%", 0.5], ["75%", 0.15]]},
-        "f = the multiplier of the last [boundary, multiplier] entry of `steps` whose boundary is <= k "
-        "(boundaries are durations, the first is 0)",
+        "f = the multiplier of the last [boundary, multiplier] entry whose boundary is <= k  "
+        "(entries from `steps`; boundaries are durations, the first is 0)",
         "`steps` (required)",
     ),
 }
