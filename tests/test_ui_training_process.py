@@ -55,7 +55,7 @@ def test_the_child_trains_the_preset_and_reports_the_planned_lr_at_every_step(tm
 
 
 def test_stop_writes_a_checkpoint_and_reports_how_to_resume(tmp_path):
-    preset_json = tiny_preset(tmp_path, epochs=20)
+    preset_json = tiny_preset(tmp_path, epochs=4)
     run = RunController()
     run.start(build_preview(validate_preset(preset_json)), resume=False)
     process = TrainingProcess(preset_json)
@@ -68,11 +68,21 @@ def test_stop_writes_a_checkpoint_and_reports_how_to_resume(tmp_path):
 
     drain(process, run, stop_after_first_step)
     assert run.status == "stopped", run.log_lines
-    assert 1 <= run.step < 40
+    assert 1 <= run.step < 8
     checkpoint = run.result["checkpoint"]
     assert checkpoint and (tmp_path / "out" / "checkpoints").is_dir()
     assert checkpoint.endswith(f"step-{run.step:08d}")
     assert run.result["resume_command"]
+
+    # Resume (the Run tab's button) continues from that checkpoint to the end of the plan.
+    stopped_at = run.step
+    resumed = RunController()
+    resumed.start(build_preview(validate_preset(preset_json)), resume=True)
+    process = TrainingProcess(preset_json, resume=True)
+    process.start()
+    drain(process, resumed)
+    assert resumed.status == "finished", resumed.log_lines
+    assert resumed.used_steps == list(range(stopped_at, 8))
 
 
 def test_a_trainer_error_reaches_the_app_as_one_line(tmp_path):

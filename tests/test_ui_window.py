@@ -139,6 +139,32 @@ def test_editing_a_field_redraws_the_preview_once_after_the_debounce(app, displa
     screenshot(app, display, "scheduler_tab_light.png")
 
 
+def test_a_curve_only_edit_reaches_the_screen(app, display):
+    """min_factor leaves the axes as they are: the curve is drawn over the kept background."""
+    select_tab(app, "Scheduler")
+    settle(app)
+    canvas = app.preview_panel.canvas.get_tk_widget()
+    before = canvas_pixels(canvas, display)
+    full_draws = app.preview_panel.plot.full_draws
+    type_into(app.field_row("scheduler.min_factor").input, "0.5")
+    pump(app, lambda: app.preview_state.fresh and app.preview_state.preview.plan.schedule.min_factor == 0.5)
+    settle(app)
+    assert app.preview_panel.plot.full_draws == full_draws  # the fast path was taken
+    after = canvas_pixels(canvas, display)
+    assert before.shape == after.shape
+    assert np.abs(after.astype(int) - before.astype(int)).sum(axis=2).astype(bool).mean() > 0.005
+    table = app.preview_state.preview.curve.effective_table()
+    np.testing.assert_array_equal(plotted(app, "unet")[:-1], table[:, -1])  # the new plan's curve, step by step
+
+
+def canvas_pixels(widget, display: str) -> np.ndarray:
+    from PIL import ImageGrab
+
+    x, y = widget.winfo_rootx(), widget.winfo_rooty()
+    box = (x, y, x + widget.winfo_width(), y + widget.winfo_height())
+    return np.asarray(ImageGrab.grab(bbox=box, xdisplay=display).convert("RGB"))
+
+
 def test_an_invalid_field_is_marked_and_the_last_curve_stays(app, display):
     select_tab(app, "Scheduler")
     before = plotted(app, "attention").copy()

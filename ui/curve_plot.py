@@ -67,6 +67,7 @@ class PreviewPlot:
         self.axes.set_xlabel("optimizer step")
         self.axes.set_ylabel("learning rate")
         self.axes.yaxis.set_major_formatter(EngFormatter(places=2))
+        self.axes.xaxis.set_major_formatter(EngFormatter())  # "200 k" steps rather than an offset "1e6"
         self.set_dark(dark)
         if blit:
             figure.canvas.mpl_connect("draw_event", self._on_full_draw)
