@@ -52,21 +52,35 @@ class ResolvedSchedule:
 def _g(schedule: ResolvedSchedule, v: np.ndarray) -> np.ndarray:
     """g(v) = m + (1 - m) * v: scales a 1 -> 0 shape onto 1 -> min_factor."""
     m = schedule.min_factor
-    return m + (1.0 - m) * v
+    v *= 1.0 - m  # in place: every caller passes a fresh temporary (a million-step plan is 8 MB each)
+    v += m
+    return v
 
 
 def _progress(schedule: ResolvedSchedule, k: np.ndarray) -> np.ndarray:
     """p = (k - Wu) / D, D = max(1, T - Wu)."""
-    return (k - schedule.warmup_steps).astype(np.float64) / float(
-        max(1, schedule.total_steps - schedule.warmup_steps)
-    )
+    # float(k) - Wu is exact (integers below 2**53), so this equals (k - Wu) / D with one array, not three.
+    p = k.astype(np.float64)
+    p -= schedule.warmup_steps
+    p /= float(max(1, schedule.total_steps - schedule.warmup_steps))
+    return p
 
 
 def _remaining(schedule: ResolvedSchedule, k: np.ndarray) -> np.ndarray:
     """1 - p, computed as (T - k) / D like diffusers' linear schedule."""
-    return (schedule.total_steps - k).astype(np.float64) / float(
-        max(1, schedule.total_steps - schedule.warmup_steps)
-    )
+    remaining = k.astype(np.float64)
+    np.subtract(float(schedule.total_steps), remaining, out=remaining)
+    remaining /= float(max(1, schedule.total_steps - schedule.warmup_steps))
+    return remaining
+
+
+def _half_cosine_wave(x: np.ndarray, scale: float) -> np.ndarray:
+    """0.5 * (1 + cos(scale * x)), in place on the temporary `x` (same operations, same order)."""
+    x *= scale
+    np.cos(x, out=x)
+    x += 1.0
+    x *= 0.5
+    return x
 
 
 def constant(schedule, k):
@@ -81,26 +95,27 @@ def linear(schedule, k):
 
 def cosine(schedule, k):
     """f = g(0.5 * (1 + cos(pi * p)))"""
-    return _g(schedule, 0.5 * (1.0 + np.cos(np.pi * 0.5 * 2.0 * _progress(schedule, k))))
+    return _g(schedule, _half_cosine_wave(_progress(schedule, k), np.pi * 0.5 * 2.0))
 
 
 def cosine_with_restarts(schedule, k):
     """Smooth waves: f = g(0.5 * (1 + cos(2 * pi * c * p)))"""
-    return _g(
-        schedule,
-        0.5 * (1.0 + np.cos(np.pi * float(schedule.cycles) * 2.0 * _progress(schedule, k))),
-    )
+    return _g(schedule, _half_cosine_wave(_progress(schedule, k), np.pi * float(schedule.cycles) * 2.0))
 
 
 def cosine_with_hard_restarts(schedule, k):
     """f = g(0.5 * (1 + cos(pi * ((c * p) mod 1))))"""
-    phase = np.mod(float(schedule.cycles) * _progress(schedule, k), 1.0)
-    return _g(schedule, 0.5 * (1.0 + np.cos(np.pi * phase)))
+    phase = _progress(schedule, k)
+    phase *= float(schedule.cycles)
+    phase -= np.floor(phase)  # (c * p) mod 1, exactly, for c * p >= 0; three times faster than np.mod
+    return _g(schedule, _half_cosine_wave(phase, np.pi))
 
 
 def polynomial(schedule, k):
     """f = g((1 - p) ** q)"""
-    return _g(schedule, _remaining(schedule, k) ** schedule.power)
+    remaining = _remaining(schedule, k)
+    np.power(remaining, schedule.power, out=remaining)
+    return _g(schedule, remaining)
 
 
 def sine(schedule, k):
@@ -109,8 +124,9 @@ def sine(schedule, k):
     # The position in the wave is taken modulo P in integers first, so f(k + P) == f(k) exactly
     # at every k however long the run (float phases drift by ~1e-13 over a thousand waves).
     position = np.mod(k - schedule.warmup_steps, schedule.period_steps)
-    phase = position.astype(np.float64) / float(schedule.period_steps)
-    return _g(schedule, 0.5 * (1.0 + np.cos(2.0 * np.pi * phase)))
+    phase = position.astype(np.float64)
+    phase /= float(schedule.period_steps)
+    return _g(schedule, _half_cosine_wave(phase, 2.0 * np.pi))
 
 
 def rex(schedule, k):
