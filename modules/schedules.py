@@ -229,14 +229,14 @@ def effective_multipliers(schedule: ResolvedSchedule, steps=None) -> np.ndarray:
     Equal to `applied_multipliers` except for schedule-free optimizers, whose
     own warmup (AdamW) or rectification (RAdam) is applied inside `step()`.
     """
+    if schedule.schedule_free not in ("adamw_schedule_free", "radam_schedule_free"):
+        return applied_multipliers(schedule, steps)  # `steps` as given: None takes the whole-plan path
     k = _as_steps(schedule, steps)
     if schedule.schedule_free == "adamw_schedule_free":
         if schedule.warmup_steps <= 0:
             return np.ones(k.shape, dtype=np.float64)
         return np.minimum(1.0, (k + 1).astype(np.float64) / float(schedule.warmup_steps))
-    if schedule.schedule_free == "radam_schedule_free":
-        return radam_rectification(k, schedule.beta2)
-    return applied_multipliers(schedule, k)
+    return radam_rectification(k, schedule.beta2)
 
 
 def radam_rectification(k: np.ndarray, beta2: float) -> np.ndarray:
