@@ -53,8 +53,11 @@ class PreviewPlot:
     """
 
     def __init__(self, figure: Figure, dark: bool = False, max_line_points: int = MAX_LINE_POINTS, axes=None,
-                 blit: bool = False):
+                 blit: bool = False, legend_figure: Figure | None = None):
         self.figure = figure
+        # The legend on a figure of its own is redrawn only when its entries change, not with each new y range.
+        self.legend_figure = legend_figure
+        self._legend_key = None
         self.max_line_points = max_line_points
         self.blit = blit
         self.axes = axes if axes is not None else figure.add_subplot(1, 1, 1)
@@ -77,6 +80,8 @@ class PreviewPlot:
         self.theme = DARK_THEME if dark else LIGHT_THEME
         theme, axes = self.theme, self.axes
         self.figure.set_facecolor(theme["background"])
+        if self.legend_figure is not None:
+            self.legend_figure.set_facecolor(theme["background"])
         self.dark = dark
         axes.set_facecolor(theme["background"])
         for spine in axes.spines.values():
@@ -156,14 +161,7 @@ class PreviewPlot:
         if static_key != self._static_key or not self.blit:
             axes.set_xlim(*limits[0])
             axes.set_ylim(*limits[1])
-            if axes.get_legend() is not None:
-                axes.get_legend().remove()
-            # Beside the axes, so it never hides the curve (constrained layout makes room for it).
-            legend = axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
-                                 fontsize="small", framealpha=0.85, facecolor=theme["legend"],
-                                 edgecolor=theme["grid"])
-            for text in legend.get_texts():
-                text.set_color(theme["foreground"])
+            self._draw_legend(added, labels)
             axes.set_title(title_text, fontsize="medium", color=theme["foreground"])
             self._static_key = static_key
             self._needs_full_draw = True
@@ -171,6 +169,25 @@ class PreviewPlot:
             for artist in added:
                 artist.set_animated(True)
         return axes
+
+    def _draw_legend(self, artists: list, labels: tuple) -> None:
+        theme, axes = self.theme, self.axes
+        style = dict(fontsize="small", framealpha=0.85, facecolor=theme["legend"], edgecolor=theme["grid"])
+        if self.legend_figure is None:
+            if axes.get_legend() is not None:
+                axes.get_legend().remove()
+            # Beside the axes, so it never hides the curve (constrained layout makes room for it).
+            legend = axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **style)
+        else:
+            if (labels, self.dark) == self._legend_key:
+                return
+            self._legend_key = (labels, self.dark)
+            self.legend_figure.clear()
+            handles = [artist for artist in artists if not artist.get_label().startswith("_")]
+            legend = self.legend_figure.legend(handles, labels, loc="upper left", borderaxespad=0.2, **style)
+            self.legend_figure.canvas.draw_idle()
+        for text in legend.get_texts():
+            text.set_color(theme["foreground"])
 
     def render(self) -> None:
         """Show the last `update` on the canvas: a blit when the background still fits, else a full draw."""

@@ -24,8 +24,9 @@ def is_dark() -> bool:
     return ctk.get_appearance_mode() == "Dark"
 
 
-# The preview's size in the 1280x800 window (Tk resizes the canvas to its cell).
-PREVIEW_SIZE_INCHES = (8.2, 5.7)
+# The preview's size in the 1280x800 window (Tk resizes the canvas to its cell); the legend sits beside it.
+PREVIEW_SIZE_INCHES = (6.2, 5.7)
+LEGEND_SIZE_INCHES = (2.0, 5.7)
 
 
 def make_figure(width_inches: float = PREVIEW_SIZE_INCHES[0],
@@ -40,14 +41,18 @@ class PreviewPanel(ctk.CTkFrame):
         self.grid_rowconfigure(1, weight=1)
         self.summary = ctk.CTkLabel(self, text="", anchor="w", justify="left", font=ctk.CTkFont(size=13,
                                                                                                  weight="bold"))
-        self.summary.grid(row=0, column=0, sticky="we", padx=8, pady=(8, 2))
+        self.summary.grid(row=0, column=0, columnspan=2, sticky="we", padx=8, pady=(8, 2))
         self.figure = make_figure()
         self.canvas = FigureCanvasTkAgg(self.figure, master=self)
-        self.plot = PreviewPlot(self.figure, dark=is_dark(), max_line_points=PREVIEW_LINE_POINTS, blit=True)
-        self.canvas.get_tk_widget().grid(row=1, column=0, sticky="nsew", padx=8, pady=4)
+        self.legend_figure = Figure(figsize=LEGEND_SIZE_INCHES, dpi=100)
+        self.legend_canvas = FigureCanvasTkAgg(self.legend_figure, master=self)
+        self.plot = PreviewPlot(self.figure, dark=is_dark(), max_line_points=PREVIEW_LINE_POINTS, blit=True,
+                                legend_figure=self.legend_figure)
+        self.canvas.get_tk_widget().grid(row=1, column=0, sticky="nsew", padx=(8, 0), pady=4)
+        self.legend_canvas.get_tk_widget().grid(row=1, column=1, sticky="ns", padx=(0, 8), pady=4)
         self.message = ctk.CTkLabel(self, text="", anchor="w", justify="left", text_color=ERROR_COLOR)
         self.warnings = ctk.CTkLabel(self, text="", anchor="w", justify="left", text_color=WARNING_COLOR)
-        self.warnings.grid(row=3, column=0, sticky="we", padx=8, pady=(0, 8))
+        self.warnings.grid(row=3, column=0, columnspan=2, sticky="we", padx=8, pady=(0, 8))
         self.bind("<Configure>", self._rewrap)
         self.shown = None  # the Preview on screen
 
@@ -71,10 +76,10 @@ class PreviewPanel(ctk.CTkFrame):
         if state.error:
             stale = " (the curve shows the last valid settings)" if state.preview is not None else ""
             self.message.configure(text=f"{state.error}{stale}")
-            self.message.grid(row=2, column=0, sticky="we", padx=8)
+            self.message.grid(row=2, column=0, columnspan=2, sticky="we", padx=8)
         elif state.counting:
             self.message.configure(text=f"counting the images in {state.counting} ...", text_color=HINT_COLOR)
-            self.message.grid(row=2, column=0, sticky="we", padx=8)
+            self.message.grid(row=2, column=0, columnspan=2, sticky="we", padx=8)
         else:
             self.message.grid_remove()
         if not state.counting:
