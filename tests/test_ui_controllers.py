@@ -298,3 +298,16 @@ def test_run_controller_tracks_progress_and_the_lr_used(image_folder):
     assert run.status == "failed" and not run.active
     assert run.error == "RuntimeError: out of memory"
     assert run.log_lines[-1] == "Error: RuntimeError: out of memory"
+
+
+def test_a_long_run_is_thinned_for_the_plot_but_kept_whole(image_folder):
+    run = RunController()
+    run.start(make_draft(image_folder).evaluate().preview, resume=False)
+    for k in range(10_001):
+        run.handle(("step", {"step": k, "total_steps": 20_000, "epoch": 0, "loss": float(k), "lrs": {"unet": k * 1e-6},
+                             "elapsed_seconds": 1.0, "eta_seconds": 1.0}))
+    steps, lrs = run.actual_lrs(max_points=1000)["unet"]
+    assert 900 <= len(steps) <= 1001 and steps[0] == 0 and steps[-1] == 10_000
+    assert lrs == [step * 1e-6 for step in steps]
+    assert run.loss_points(1000) == (steps, [float(step) for step in steps])
+    assert len(run.actual_lrs()["unet"][0]) == 10_001

@@ -193,14 +193,15 @@ def test_switching_the_schedule_type_shows_only_its_fields(app, display):
     assert app.field_row("scheduler.period").get_value() == "1 epochs"
 
 
-def test_dark_mode_screenshot(app, display):
+def test_the_plots_follow_a_switch_to_dark_mode(app, display):
     import customtkinter as ctk
 
-    ctk.set_appearance_mode("dark")
+    select_tab(app, "Scheduler")
+    ctk.set_appearance_mode("dark")  # what customtkinter does when the system switches
     try:
-        app.refresh()
-        settle(app, 0.6)
-        assert app.preview_panel.plot.dark
+        pump(app, lambda: app.preview_panel.plot.dark, timeout_seconds=5)
+        settle(app, 0.4)
+        assert app.preview_panel.figure.get_facecolor() != (1.0, 1.0, 1.0, 1.0)
         screenshot(app, display, "scheduler_tab_dark.png")
     finally:
         ctk.set_appearance_mode("light")

@@ -36,6 +36,7 @@ DEBOUNCE_MS = 150
 COUNT_POLL_MS = 100
 RUN_POLL_MS = 100
 RUN_PLOT_MS = 500
+APPEARANCE_POLL_MS = 1000
 TABS = ("Data & model", "Training", "Scheduler", "Run")
 
 
@@ -73,6 +74,7 @@ class App(ctk.CTk):
         self._refresh_job = None
         self._count_job = None
         self._run_job = None
+        self._appearance_job = None
         self._last_run_plot = 0.0
         self._closing = False
         self.redraws = 0  # how many times the preview was recomputed (tests check the debounce)
@@ -104,6 +106,8 @@ class App(ctk.CTk):
         self.protocol("WM_DELETE_WINDOW", self.close)
         self.show_draft()
         self.refresh()
+        self._appearance = ctk.get_appearance_mode()
+        self._appearance_job = self.after(APPEARANCE_POLL_MS, self._follow_appearance)
 
     # --- layout ----------------------------------------------------------------
 
@@ -222,6 +226,19 @@ class App(ctk.CTk):
         state = self.preview_state
         if self.tabs.get() == "Run" and self.run.status == "idle" and state is not None and state.fresh:
             self.run_panel.plot_plan(state.preview)
+
+    def _follow_appearance(self) -> None:
+        """customtkinter restyles its widgets when the system switches light/dark; the plots follow here."""
+        mode = ctk.get_appearance_mode()
+        if mode != self._appearance:
+            self._appearance = mode
+            if self.preview_state is not None:
+                self.preview_panel.show(self.preview_state)
+            if self.run.planned is not None:
+                self.run_panel.plot(self.run)
+            else:
+                self._plot_plan_on_run_tab()
+        self._appearance_job = self.after(APPEARANCE_POLL_MS, self._follow_appearance)
 
     def _mark_errors(self, state: PreviewState) -> None:
         key = state.error_key if state.error else None
@@ -343,6 +360,12 @@ class App(ctk.CTk):
                 self.destroy()
             return
         self._run_job = self.after(RUN_POLL_MS, self._poll_run)
+
+    def destroy(self) -> None:
+        for job in (self._refresh_job, self._count_job, self._run_job, self._appearance_job):
+            if job is not None:
+                self.after_cancel(job)
+        super().destroy()
 
     def close(self) -> None:
         """Closing while training stops it first (checkpoint), then closes."""

@@ -125,6 +125,23 @@ class RunController:
         lrs = ", ".join(f"{name} {lr:.3e}" for name, lr in self.lrs.items()) or "--"
         return f"loss {loss}    LR {lrs}"
 
-    def actual_lrs(self) -> dict[str, tuple[list[int], list[float]]]:
-        """Group -> (steps, LR used): `draw_preview`'s `actual` argument."""
-        return {name: (self.used_steps, lrs) for name, lrs in self.used_lrs.items()}
+    def actual_lrs(self, max_points: int | None = None) -> dict[str, tuple[list[int], list[float]]]:
+        """Group -> (steps, LR used): `draw_preview`'s `actual` argument.
+
+        With `max_points`, a long run is thinned to about that many evenly spaced steps (the last
+        one always kept) so that redrawing it stays quick; the full record stays here.
+        """
+        keep = self._thinned(max_points)
+        return {name: ([self.used_steps[i] for i in keep], [lrs[i] for i in keep])
+                for name, lrs in self.used_lrs.items()}
+
+    def loss_points(self, max_points: int | None = None) -> tuple[list[int], list[float]]:
+        keep = self._thinned(max_points)
+        return [self.used_steps[i] for i in keep], [self.losses[i] for i in keep]
+
+    def _thinned(self, max_points: int | None) -> range | list[int]:
+        count = len(self.used_steps)
+        if max_points is None or count <= max_points:
+            return range(count)
+        stride = -(-count // max_points)
+        return [*range(0, count - 1, stride), count - 1]

@@ -16,6 +16,8 @@ from ui.curve_plot import PreviewPlot
 from ui.views.fields_panel import ERROR_COLOR
 from ui.views.preview_panel import PREVIEW_LINE_POINTS, is_dark, make_figure
 
+MAX_RUN_POINTS = 3000  # steps drawn while training; a longer run is thinned evenly for the plot
+
 
 class RunPanel(ctk.CTkFrame):
     def __init__(self, master, on_start: Callable[[], None], on_stop: Callable[[], None],
@@ -102,19 +104,20 @@ class RunPanel(ctk.CTkFrame):
         self.plot(RunController(planned=preview))
 
     def plot(self, run: RunController) -> None:
-        if run.planned is None:
-            return
         dark = is_dark()
         if dark != self.lr_plot.dark:
             self.lr_plot.set_dark(dark)
             self._style_loss_axes()
+            self.canvas.draw_idle()
+        if run.planned is None:
+            return
         title = "learning rate: planned and used" if run.status != "idle" else "learning rate: the plan Start trains"
-        self.lr_plot.update(run.planned, actual=run.actual_lrs(), title=title)
-        steps = run.used_steps
-        self.loss_line.set_data(steps, run.losses)
+        self.lr_plot.update(run.planned, actual=run.actual_lrs(MAX_RUN_POINTS), title=title)
+        steps, losses = run.loss_points(MAX_RUN_POINTS)
+        self.loss_line.set_data(steps, losses)
         self.loss_axes.set_xlim(0, max(run.planned.plan.total_steps, 1))
         if steps:
-            low, high = min(run.losses), max(run.losses)
+            low, high = min(losses), max(losses)
             margin = (high - low) * 0.1 or abs(high) * 0.1 or 1.0
             self.loss_axes.set_ylim(low - margin, high + margin)
         else:
