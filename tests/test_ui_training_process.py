@@ -38,23 +38,7 @@ def drain(process: TrainingProcess, run: RunController, on_event=None) -> None:
     process.join(10)
 
 
-def test_the_child_trains_the_preset_and_reports_the_planned_lr_at_every_step(tmp_path):
-    preset_json = tiny_preset(tmp_path)
-    planned = build_preview(validate_preset(preset_json))
-    run = RunController()
-    run.start(planned, resume=False)
-    process = TrainingProcess(preset_json)
-    process.start()
-    drain(process, run)
-    assert run.status == "finished", run.log_lines
-    assert run.used_steps == list(range(planned.plan.total_steps))
-    for index, name in enumerate(planned.curve.group_names):
-        assert run.used_lrs[name] == [planned.curve.effective_lrs(k)[index] for k in run.used_steps]
-    assert run.result["completed_steps"] == planned.plan.total_steps
-    assert (tmp_path / "out" / "model").is_dir()
-
-
-def test_stop_writes_a_checkpoint_and_reports_how_to_resume(tmp_path):
+def test_stop_writes_a_checkpoint_and_resume_finishes_the_planned_lr_sequence(tmp_path):
     preset_json = tiny_preset(tmp_path, epochs=4)
     run = RunController()
     run.start(build_preview(validate_preset(preset_json)), resume=False)
@@ -83,6 +67,14 @@ def test_stop_writes_a_checkpoint_and_reports_how_to_resume(tmp_path):
     drain(process, resumed)
     assert resumed.status == "finished", resumed.log_lines
     assert resumed.used_steps == list(range(stopped_at, 8))
+    assert resumed.result["completed_steps"] == 8 and (tmp_path / "out" / "model").is_dir()
+
+    # Both parts together used the planned LR of every group at every step, each step once.
+    planned = build_preview(validate_preset(preset_json))
+    assert run.used_steps + resumed.used_steps == list(range(8))
+    for index, name in enumerate(planned.curve.group_names):
+        used = run.used_lrs[name] + resumed.used_lrs[name]
+        assert used == [planned.curve.effective_lrs(k)[index] for k in range(8)]
 
 
 def test_a_trainer_error_reaches_the_app_as_one_line(tmp_path):
