@@ -14,7 +14,6 @@ the curve exports are the CLI's (`LrCurve.write_csv`, `ui.curve_plot`).
 """
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,6 +221,3 @@ class PresetDraft:
             figure.supxlabel("warnings: " + "; ".join(preview.plan.warnings), fontsize="x-small",
                              color="#a04000", wrap=True)
         figure.savefig(path)
-
-    def to_json_text(self) -> str:
-        return json.dumps(self.raw, indent=2)
