@@ -102,6 +102,30 @@ def write_checkpoint_files(folder: Path, *, save_weights, optimizer_state: dict,
     (folder / paths.TRAINING_STATE_FILE).write_text(state.to_json(), encoding="utf-8")
 
 
+def save_checkpoint(output_dir: Path, state: TrainingState, *, rank: int, is_main: bool, barrier, save_weights,
+                    optimizer_state, config: dict, keep: int) -> Path:
+    """Write the checkpoint at `state.global_step` from every process; return its final folder.
+
+    `barrier()` waits for every process; `optimizer_state()` (main process only)
+    returns the dict for optimizer.pt; `save_weights(folder)` writes the
+    save_pretrained folder (the caller wraps it in the schedule-free eval switch).
+    """
+    step = state.global_step
+    temporary = paths.temporary_checkpoint_dir(output_dir, step)
+    if is_main:
+        begin_checkpoint(output_dir, step)
+    barrier()
+    write_rng_state(temporary, rank)
+    barrier()
+    final = paths.checkpoints_dir(output_dir) / paths.checkpoint_name(step)
+    if is_main:
+        write_checkpoint_files(temporary, save_weights=save_weights, optimizer_state=optimizer_state(),
+                               state=state, config=config)
+        final = finish_checkpoint(output_dir, temporary, step, keep)
+    barrier()
+    return final
+
+
 def finish_checkpoint(output_dir: Path, temporary: Path, global_step: int, keep: int) -> Path:
     """Rename the temporary folder into place, then delete checkpoints beyond the `keep` newest."""
     final = paths.checkpoints_dir(output_dir) / paths.checkpoint_name(global_step)

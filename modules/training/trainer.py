@@ -214,37 +214,32 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
 
     config = preset.to_json_dict()
 
+    def optimizer_state() -> dict:
+        state = {"optimizer": optimizer.state_dict()}
+        if accelerator.scaler is not None:
+            state["scaler"] = accelerator.scaler.state_dict()
+        if schedule_free:  # the train-mode weights, so training continues bit for bit
+            state["train_weights"] = {name: value.detach().cpu().clone()
+                                      for name, value in unwrapped.state_dict().items()}
+        return state
+
+    def save_weights(target: Path) -> None:
+        with schedule_free_eval(optimizer, unwrapped):
+            unwrapped.save_pretrained(target, safe_serialization=True)
+
     def save_checkpoint(step: int) -> Path:
         epoch, step_in_epoch = plan.position(step)
-        temporary = paths.temporary_checkpoint_dir(output_dir, step)
-        if is_main:
-            checkpoints.begin_checkpoint(output_dir, step)
-        accelerator.wait_for_everyone()
-        checkpoints.write_rng_state(temporary, rank)
-        accelerator.wait_for_everyone()
-        final = paths.checkpoints_dir(output_dir) / paths.checkpoint_name(step)
-        if is_main:
-            optimizer_state = {"optimizer": optimizer.state_dict()}
-            if accelerator.scaler is not None:
-                optimizer_state["scaler"] = accelerator.scaler.state_dict()
-            if schedule_free:
-                optimizer_state["train_weights"] = {
-                    name: value.detach().cpu().clone() for name, value in unwrapped.state_dict().items()
-                }
-            state = checkpoints.TrainingState(
-                global_step=step, epoch=epoch, step_in_epoch=step_in_epoch,
-                micro_batch_in_epoch=step_in_epoch * plan.gradient_accumulation_steps, seed=seed,
-                total_steps=total_steps, num_processes=world, plan_fingerprint=plan.fingerprint,
-                plan_identity=plan.identity(),
-            )
-            with schedule_free_eval(optimizer, unwrapped):
-                checkpoints.write_checkpoint_files(
-                    temporary, save_weights=lambda target: unwrapped.save_pretrained(target, safe_serialization=True),
-                    optimizer_state=optimizer_state, state=state, config=config,
-                )
-            final = checkpoints.finish_checkpoint(output_dir, temporary, step, preset.output.keep_checkpoints)
-        accelerator.wait_for_everyone()
-        return final
+        state = checkpoints.TrainingState(
+            global_step=step, epoch=epoch, step_in_epoch=step_in_epoch,
+            micro_batch_in_epoch=step_in_epoch * plan.gradient_accumulation_steps, seed=seed,
+            total_steps=total_steps, num_processes=world, plan_fingerprint=plan.fingerprint,
+            plan_identity=plan.identity(),
+        )
+        return checkpoints.save_checkpoint(
+            output_dir, state, rank=rank, is_main=is_main, barrier=accelerator.wait_for_everyone,
+            save_weights=save_weights, optimizer_state=optimizer_state, config=config,
+            keep=preset.output.keep_checkpoints,
+        )
 
     def save_samples(step: int) -> None:
         from diffusers import DDPMPipeline, DDPMScheduler
