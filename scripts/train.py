@@ -23,11 +23,13 @@ import shlex
 import signal
 import socket
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
-from _cli import user_errors
+from _cli import EXIT_BAD_INPUT, user_errors
 
 from modules.config import load_preset
+from modules.errors import ConfigError
 
 PROGRAM = "train.py"
 EXIT_ABORTED = 130
@@ -103,7 +105,7 @@ def run(args) -> int:
             reached[0] = True
 
     try:
-        with user_errors(PROGRAM if is_main else f"{PROGRAM} (rank {os.environ.get('RANK')})"):
+        with user_errors(PROGRAM) if is_main else quiet_user_errors():
             preset = load_preset(args.preset, args.overrides)
             from modules.training import train
 
@@ -116,6 +118,15 @@ def run(args) -> int:
         print(f"{PROGRAM}: aborted; the last complete checkpoint is untouched", file=sys.stderr)
         return EXIT_ABORTED
     return 0
+
+
+@contextmanager
+def quiet_user_errors():
+    """Other processes of a launched job: the same bad input fails them too; only the first one says so."""
+    try:
+        yield
+    except ConfigError:
+        sys.exit(EXIT_BAD_INPUT)
 
 
 # --- `accelerate launch --cpu --num_processes N`: start the N gloo workers here ------------------

@@ -236,6 +236,7 @@ def load_checkpoint(folder: Path, rank: int) -> LoadedCheckpoint:
     state = read_training_state(folder)
     weights = load_weights(folder)
     optimizer = load_torch_file(folder / paths.OPTIMIZER_FILE)
-    rng_path = folder / paths.rng_state_file(rank)
-    rng = load_torch_file(rng_path)
+    # Every process checks every process's RNG file, so a damaged one stops all of them alike.
+    rng_states = [load_torch_file(folder / paths.rng_state_file(index)) for index in range(state.num_processes)]
+    rng = rng_states[rank] if rank < len(rng_states) else load_torch_file(folder / paths.rng_state_file(rank))
     return LoadedCheckpoint(folder, state, weights, optimizer, rng)
