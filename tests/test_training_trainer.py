@@ -276,3 +276,35 @@ def test_model_folder_with_a_v_prediction_scheduler(tmp_path):
                                                        "prediction_type": "epsilon"})
     assert build_noise_scheduler(bare).config.prediction_type == "epsilon"
     assert quiet(bare).finished
+
+
+def test_each_window_is_normalised_by_the_micro_batches_it_really_holds(tmp_path, monkeypatch):
+    """7 images, accumulation 3: windows of 3, 3 and 1 micro-batches; each loss is divided by its window."""
+    from accelerate import Accelerator
+
+    import modules.training.trainer as trainer
+
+    losses, backward_losses = [], []
+    real_mse, real_backward = trainer.F.mse_loss, Accelerator.backward
+
+    def mse_loss(*args, **kwargs):
+        value = real_mse(*args, **kwargs)
+        losses.append(value.item())
+        return value
+
+    def backward(self, loss, **kwargs):
+        backward_losses.append(loss.item())
+        return real_backward(self, loss, **kwargs)
+
+    monkeypatch.setattr(trainer.F, "mse_loss", mse_loss)
+    monkeypatch.setattr(Accelerator, "backward", backward)
+    reports = []
+    quiet(tiny_preset(tmp_path, training={"gradient_accumulation_steps": 3, "epochs": 2}), on_step=reports.append)
+
+    windows = [3, 3, 1] * 2
+    divisors = [size for size in windows for _ in range(size)]
+    assert len(losses) == len(backward_losses) == sum(windows)
+    np.testing.assert_allclose(np.array(backward_losses) * divisors, losses, rtol=1e-6)
+    starts = np.cumsum([0] + windows[:-1])
+    expected = [np.mean(losses[start:start + size]) for start, size in zip(starts, windows)]
+    np.testing.assert_allclose([report.loss for report in reports], expected, rtol=1e-6)
