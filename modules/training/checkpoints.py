@@ -56,7 +56,7 @@ def capture_rng_state() -> dict:
     version, python_state, gauss = random.getstate()
     name, keys, position, has_gauss, cached = np.random.get_state()
     state = {
-        "python": [version, list(python_state), gauss],
+        "python": [version, torch.tensor(python_state, dtype=torch.int64), gauss],
         "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(position), int(has_gauss),
                   float(cached)],
         "torch": torch.random.get_rng_state(),
@@ -68,7 +68,7 @@ def capture_rng_state() -> dict:
 
 def restore_rng_state(state: dict) -> None:
     version, python_state, gauss = state["python"]
-    random.setstate((version, tuple(python_state), gauss))
+    random.setstate((version, tuple(int(value) for value in python_state.tolist()), gauss))
     name, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.random.set_rng_state(state["torch"])
@@ -155,7 +155,11 @@ def complete_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
 
 
 def prune_checkpoints(output_dir: Path, keep: int) -> None:
-    """Delete complete checkpoints beyond the `keep` newest, and leftover temporary folders."""
+    """Delete the complete checkpoints beyond the `keep` newest (by global_step)."""
+    root = paths.checkpoints_dir(output_dir)
+    named = [folder for folder in root.iterdir() if folder.name.startswith(paths.CHECKPOINT_PREFIX)]
+    if len(named) <= keep:  # nothing to delete: skip reading every training_state.json
+        return
     complete = complete_checkpoints(output_dir)
     for _, folder in complete[: max(0, len(complete) - keep)]:
         shutil.rmtree(folder, ignore_errors=True)
