@@ -194,8 +194,10 @@ def test_accelerate_cpu_launch_size_is_read_from_the_launcher(tmp_path, monkeypa
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "--num_processes", "3"])
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)",
+                                 "--num_processes", "3"], stdout=subprocess.PIPE, text=True)
     try:
+        assert launcher.stdout.readline().strip() == "up"  # its command line is in place
         monkeypatch.setattr(os, "getppid", lambda: launcher.pid)
         assert script.cpu_launch_world_size() == 3
         monkeypatch.setenv("WORLD_SIZE", "3")  # already one of N launched processes

@@ -308,3 +308,16 @@ def test_each_window_is_normalised_by_the_micro_batches_it_really_holds(tmp_path
     starts = np.cumsum([0] + windows[:-1])
     expected = [np.mean(losses[start:start + size]) for start, size in zip(starts, windows)]
     np.testing.assert_allclose([report.loss for report in reports], expected, rtol=1e-6)
+
+
+def test_a_fresh_run_never_overwrites_another_runs_checkpoints_or_model(tmp_path):
+    preset = tiny_preset(tmp_path)
+    on_step, should_stop = stop_after(2)
+    quiet(preset, on_step=on_step, should_stop=should_stop)
+    with pytest.raises(ConfigError) as error:
+        quiet(preset)
+    assert error.value.key == "output.dir" and "--resume" in str(error.value)
+    quiet(preset, resume=True)
+    shutil.rmtree(tmp_path / "out" / "checkpoints")  # the final model alone is still protected
+    with pytest.raises(ConfigError, match="already holds a trained model"):
+        quiet(preset)

@@ -26,6 +26,8 @@ Contract (SPEC §1, §2, §4, §5, §6):
   unless `rebase_schedule=True`, which keeps the weights, optimizer state and
   global_step and continues on the new plan (its LR curve and data order from
   that step on). A finished run is reported and returns finished=True.
+- A fresh run (no resume) refuses an output.dir that already holds a
+  complete checkpoint or a final model: nothing of another run is replaced.
 """
 
 import json
@@ -115,6 +117,19 @@ def _find_checkpoint(resume, output_dir: Path) -> Path | None:
     return Path(resume)
 
 
+def _refuse_to_overwrite(output_dir: Path) -> None:
+    """A fresh run never replaces another run's checkpoints or final model."""
+    existing = checkpoints.complete_checkpoints(output_dir)
+    if existing:
+        raise ConfigError(
+            f"'{output_dir}' already holds checkpoints of a run (newest: step {existing[-1][0]}): "
+            "resume it with --resume, or choose another output.dir (or delete that folder)", "output.dir")
+    if (output_dir / paths.FINAL_MODEL_DIR).exists():
+        raise ConfigError(
+            f"'{output_dir}' already holds a trained model ('{output_dir / paths.FINAL_MODEL_DIR}'): "
+            "choose another output.dir (or delete that folder)", "output.dir")
+
+
 def _replace_folder(temporary: Path, final: Path) -> None:
     """Move `temporary` to `final`, replacing an existing folder only once the new one is complete."""
     if final.exists():
@@ -151,6 +166,8 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
 
     # --- resume: read and check everything before touching anything ---------
     folder = _find_checkpoint(resume, output_dir)
+    if folder is None:
+        _refuse_to_overwrite(output_dir)
     loaded = checkpoints.load_checkpoint(folder, rank) if folder is not None else None
     if loaded is not None:
         # Compare as stored: JSON turns the identity's tuples into lists.
