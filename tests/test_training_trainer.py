@@ -321,3 +321,22 @@ def test_a_fresh_run_never_overwrites_another_runs_checkpoints_or_model(tmp_path
     shutil.rmtree(tmp_path / "out" / "checkpoints")  # the final model alone is still protected
     with pytest.raises(ConfigError, match="already holds a trained model"):
         quiet(preset)
+
+
+def test_resuming_with_another_model_is_an_error_not_a_traceback(tmp_path):
+    preset = tiny_preset(tmp_path)
+    on_step, should_stop = stop_after(2)
+    quiet(preset, on_step=on_step, should_stop=should_stop)
+    bigger = tiny_preset(tmp_path, model={"resolution": 16})  # same plan, other sample_size is fine ...
+    quiet(bigger, resume=True)  # ... the tiny UNet's weights do not depend on the resolution
+    from diffusers import UNet2DModel
+
+    other = tmp_path / "other_unet"
+    UNet2DModel(sample_size=8, block_out_channels=(32, 32), norm_num_groups=8, layers_per_block=1,
+                down_block_types=("DownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "UpBlock2D")).save_pretrained(other)
+    changed = tiny_preset(tmp_path, model={"config": None, "path": str(other)}, training={"epochs": 2})
+    shutil.rmtree(tmp_path / "out" / "model")
+    checkpoint = sorted((tmp_path / "out" / "checkpoints").iterdir())[0]
+    with pytest.raises(ConfigError, match="do not fit the model"):
+        quiet(changed, resume=checkpoint)

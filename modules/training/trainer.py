@@ -202,15 +202,24 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
     num_train_timesteps = noise_scheduler.config.num_train_timesteps
     schedule_free = is_schedule_free(preset.optimizer.type)
     if loaded is not None:
-        model.load_state_dict(loaded.weights)
-        if "train_weights" in loaded.optimizer:  # schedule-free: the weights training continues from
-            model.load_state_dict(loaded.optimizer["train_weights"])
+        try:
+            model.load_state_dict(loaded.weights)
+            if "train_weights" in loaded.optimizer:  # schedule-free: the weights training continues from
+                model.load_state_dict(loaded.optimizer["train_weights"])
+        except RuntimeError:
+            raise ConfigError(f"the weights in '{folder / paths.UNET_DIR}' do not fit the model of this preset "
+                              "(model.config / model.path changed since the checkpoint)", "model") from None
     optimizer = build_optimizer(model, preset, plan.warmup_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
     device = accelerator.device
     if loaded is not None:
-        optimizer.load_state_dict(loaded.optimizer["optimizer"])
+        try:
+            optimizer.load_state_dict(loaded.optimizer["optimizer"])
+        except (ValueError, KeyError, RuntimeError):
+            raise ConfigError(f"'{folder / paths.OPTIMIZER_FILE}' does not fit optimizer.type "
+                              f"'{preset.optimizer.type}' and its param_groups (changed since the checkpoint?)",
+                              "optimizer.type") from None
         if accelerator.scaler is not None and "scaler" in loaded.optimizer:
             accelerator.scaler.load_state_dict(loaded.optimizer["scaler"])
         checkpoints.restore_rng_state(loaded.rng)
