@@ -21,7 +21,9 @@ xvfb:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb >/dev/null) || \
 		echo "note: Xvfb is not installed; the tests that open the real window will be skipped"; }
 
+# The demo starts afresh each time: output/demo is the demo's own scratch folder.
 demo: setup
+	rm -rf output/demo
 	$(PY) scripts/preview.py training_presets/demo.json --csv output/demo/preview.csv --png output/demo/preview.png
 	$(PY) scripts/train.py training_presets/demo.json
 
