@@ -28,6 +28,7 @@ set on CPU, `torch.cuda.max_memory_allocated` on CUDA.
 import multiprocessing
 import queue
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -74,7 +75,15 @@ def _peak_memory_mib(device: str) -> float:
 
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # VmHWM: this process image's own high-water mark. (ru_maxrss would carry over the
+    # parent's resident size through fork + exec, hiding the difference between the sides.)
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
 def _clocks() -> tuple[float, float]:
@@ -96,6 +105,7 @@ def _ours(work: Path, device: str, mixed_precision: str) -> tuple[float, float]:
     """(wall, CPU) seconds per optimizer step of the measured steps."""
     from modules.training import train
 
+    shutil.rmtree(work / "out", ignore_errors=True)  # a fresh run each round
     stamps = []
     train(_preset(work, device, mixed_precision), on_step=lambda report: stamps.append(_clocks()),
           progress_bar=False, log=lambda message: None)
