@@ -83,7 +83,13 @@ class StepPlan:
         return range(first, min(first + self.gradient_accumulation_steps, self.micro_batches_per_epoch))
 
     def identity(self) -> dict:
-        """What a resumed run must share with the run that wrote the checkpoint."""
+        """What a resumed run must share with the run that wrote the checkpoint.
+
+        JSON-ready (lists, not tuples), so a stored identity compares equal to a fresh one.
+        """
+        return json.loads(json.dumps(self._identity_fields()))
+
+    def _identity_fields(self) -> dict:
         return {
             "images": self.num_images,
             "repeats": self.repeats,

@@ -30,7 +30,6 @@ Contract (SPEC §1, §2, §4, §5, §6):
   complete checkpoint or a final model: nothing of another run is replaced.
 """
 
-import json
 import os
 import shutil
 import time
@@ -170,9 +169,7 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
         _refuse_to_overwrite(output_dir)
     loaded = checkpoints.load_checkpoint(folder, rank) if folder is not None else None
     if loaded is not None:
-        # Compare as stored: JSON turns the identity's tuples into lists.
-        identity = json.loads(json.dumps(plan.identity()))
-        changes = describe_changes(loaded.state.plan_identity, identity)
+        changes = describe_changes(loaded.state.plan_identity, plan.identity())
         if changes and not rebase_schedule:
             raise ConfigError(
                 f"checkpoint '{folder}' was written for a different plan: {'; '.join(changes)} "
