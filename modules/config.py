@@ -16,7 +16,7 @@ import difflib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
@@ -25,7 +25,7 @@ from modules.errors import ConfigError
 
 PRESET_VERSION = 1
 
-SCHEDULER_TYPES = (
+SchedulerType = Literal[
     "constant",
     "linear",
     "cosine",
@@ -37,10 +37,15 @@ SCHEDULER_TYPES = (
     "inverse_sqrt",
     "warmup_stable_decay",
     "piecewise_constant",
-)
-OPTIMIZER_TYPES = ("adamw", "sgd", "adamw_schedule_free", "radam_schedule_free")
+]
+OptimizerType = Literal["adamw", "sgd", "adamw_schedule_free", "radam_schedule_free"]
+ModelConfigName = Literal["tiny"]
+
+# The allowed values, declared once above and listed here for the GUI and the tests.
+SCHEDULER_TYPES: tuple[str, ...] = get_args(SchedulerType)
+OPTIMIZER_TYPES: tuple[str, ...] = get_args(OptimizerType)
+MODEL_CONFIGS: tuple[str, ...] = get_args(ModelConfigName)
 SCHEDULE_FREE_OPTIMIZERS = ("adamw_schedule_free", "radam_schedule_free")
-MODEL_CONFIGS = ("tiny",)
 DEFAULT_GROUP_NAME = "unet"
 
 
@@ -65,7 +70,7 @@ class Section(BaseModel):
 
 class ModelSection(Section):
     path: str | None = None
-    config: Literal["tiny"] | None = None
+    config: ModelConfigName | None = None
     resolution: int = Field(32, ge=8, le=4096)
     prediction_type: Literal["epsilon", "v_prediction"] | None = None
 
@@ -123,7 +128,7 @@ class ParamGroup(Section):
 
 
 class OptimizerSection(Section):
-    type: Literal["adamw", "sgd", "adamw_schedule_free", "radam_schedule_free"] = "adamw"
+    type: OptimizerType = "adamw"
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -159,19 +164,7 @@ class OptimizerSection(Section):
 
 
 class SchedulerSection(Section):
-    type: Literal[
-        "constant",
-        "linear",
-        "cosine",
-        "cosine_with_restarts",
-        "cosine_with_hard_restarts",
-        "polynomial",
-        "sine",
-        "rex",
-        "inverse_sqrt",
-        "warmup_stable_decay",
-        "piecewise_constant",
-    ] = "constant"
+    type: SchedulerType = "constant"
     warmup: Duration = 0
     warmup_start_factor: float = Field(0.0, ge=0, le=1)
     min_factor: float = Field(0.0, ge=0, lt=1)
