@@ -296,6 +296,10 @@ def _error_line(error: ValidationError) -> ConfigError:
         return ConfigError(cause.args[0], full or None)
     if kind == "literal_error":
         message = "must be one of " + first["ctx"]["expected"]
+        allowed = re.findall(r"'([^']*)'", first["ctx"]["expected"])
+        near = difflib.get_close_matches(str(first.get("input")), allowed, n=1, cutoff=0.6)
+        if near:
+            return ConfigError(f"{first.get('input')!r} is not allowed; did you mean '{near[0]}'? ({message})", key)
     elif message.startswith("Input should be"):
         message = "must be" + message[len("Input should be") :]
     got = first.get("input")

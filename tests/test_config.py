@@ -181,3 +181,11 @@ def test_the_demo_preset_is_valid():
     assert preset.training.batch_size == 1
     assert preset.training.gradient_accumulation_steps == 2
     assert preset.scheduler.type == "cosine_with_hard_restarts"
+
+
+def test_misspelt_value_suggests_the_nearest_allowed_one():
+    with pytest.raises(ConfigError) as caught:
+        validate_preset({"scheduler": {"type": "cosin"}})
+    assert caught.value.key == "scheduler.type"
+    assert "did you mean 'cosine'?" in str(caught.value)
+    assert "cosine_with_hard_restarts" in str(caught.value)  # the allowed values are still listed
