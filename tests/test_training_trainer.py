@@ -340,3 +340,36 @@ def test_resuming_with_another_model_is_an_error_not_a_traceback(tmp_path):
     checkpoint = sorted((tmp_path / "out" / "checkpoints").iterdir())[0]
     with pytest.raises(ConfigError, match="do not fit the model"):
         quiet(changed, resume=checkpoint)
+
+
+def test_schedule_free_weights_are_saved_in_eval_mode_and_training_resumes_in_train_mode(tmp_path, monkeypatch):
+    """kohya's failure: schedule-free weights saved in train mode (y, not the averaged x)."""
+    from diffusers import UNet2DModel
+
+    optimizers, modes_at_step, modes_at_save = [], [], []
+
+    def on_step(optimizer, *args):
+        if not optimizers:
+            optimizers.append(optimizer)
+        modes_at_step.append(all(group["train_mode"] for group in optimizer.param_groups))
+
+    real_save = UNet2DModel.save_pretrained
+
+    def recording_save(self, *args, **kwargs):
+        modes_at_save.append(all(group["train_mode"] for group in optimizers[0].param_groups))
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DModel, "save_pretrained", recording_save)
+    handle = register_optimizer_step_post_hook(on_step)
+    try:
+        preset = tiny_preset(tmp_path, optimizer={"type": "adamw_schedule_free"},
+                             scheduler={"type": "constant", "warmup": 2}, output={"checkpoint_every": 2})
+        result = quiet(preset)
+    finally:
+        handle.remove()
+    plan = build_step_plan(preset)
+    assert result.finished and len(modes_at_step) == plan.total_steps
+    assert all(modes_at_step), "every optimizer step must run in train mode, also after a checkpoint"
+    # Checkpoints at 2, 4, ... and the final model: every save_pretrained ran in eval mode.
+    assert len(modes_at_save) >= len(plan.checkpoint_steps) + 1
+    assert not any(modes_at_save)
