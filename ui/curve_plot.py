@@ -83,14 +83,7 @@ class PreviewPlot:
         if self.legend_figure is not None:
             self.legend_figure.set_facecolor(theme["background"])
         self.dark = dark
-        axes.set_facecolor(theme["background"])
-        for spine in axes.spines.values():
-            spine.set_color(theme["foreground"])
-        axes.tick_params(colors=theme["foreground"], which="both")
-        axes.xaxis.label.set_color(theme["foreground"])
-        axes.yaxis.label.set_color(theme["foreground"])
-        axes.title.set_color(theme["foreground"])
-        axes.grid(True, alpha=0.35, color=theme["grid"])
+        style_axes(axes, theme)
         self._static_key = None
 
     def update(self, preview: Preview, actual: dict | None = None, title: str | None = None):
@@ -259,3 +252,15 @@ def draw_preview(figure: Figure, preview: Preview, actual: dict | None = None, t
     """Draw `preview` on `figure` (cleared first); return the curve axes."""
     figure.clear()
     return PreviewPlot(figure, dark=dark).update(preview, actual, title)
+
+
+def style_axes(axes, theme: dict) -> None:
+    """Colour one axes (background, spines, ticks, labels, title, grid) for a light or dark theme."""
+    axes.set_facecolor(theme["background"])
+    for spine in axes.spines.values():
+        spine.set_color(theme["foreground"])
+    axes.tick_params(colors=theme["foreground"], which="both")
+    axes.xaxis.label.set_color(theme["foreground"])
+    axes.yaxis.label.set_color(theme["foreground"])
+    axes.title.set_color(theme["foreground"])
+    axes.grid(True, alpha=0.35, color=theme["grid"])

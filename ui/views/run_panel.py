@@ -12,7 +12,7 @@ import customtkinter as ctk
 from matplotlib.backends.backend_tkagg import FigureCanvasTkAgg
 
 from ui.controllers.run_controller import RunController
-from ui.curve_plot import PreviewPlot
+from ui.curve_plot import PreviewPlot, style_axes
 from ui.views.fields_panel import ERROR_COLOR
 from ui.views.preview_panel import PREVIEW_LINE_POINTS, is_dark, make_figure
 
@@ -67,14 +67,7 @@ class RunPanel(ctk.CTkFrame):
 
     def _style_loss_axes(self) -> None:
         theme = self.lr_plot.theme
-        axes = self.loss_axes
-        axes.set_facecolor(theme["background"])
-        for spine in axes.spines.values():
-            spine.set_color(theme["foreground"])
-        axes.tick_params(colors=theme["foreground"], which="both")
-        axes.xaxis.label.set_color(theme["foreground"])
-        axes.yaxis.label.set_color(theme["foreground"])
-        axes.grid(True, alpha=0.35, color=theme["grid"])
+        style_axes(self.loss_axes, theme)
         self.loss_line.set_color(theme["colors"][2])
 
     def set_buttons(self, active: bool, can_stop: bool) -> None:
