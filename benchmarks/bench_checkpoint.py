@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from _report import print_rows  # benchmarks/ is on sys.path: the script's own folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -129,7 +130,4 @@ def run() -> list[dict]:
 
 
 if __name__ == "__main__":
-    for row in run():
-        print(f"{row['benchmark']}: ours {row['ours']:.4g} {row['unit']}, accelerate {row['baseline']:.4g} "
-              f"{row['unit']}, ratio {row['ratio']:.3f} (target {row['target']}: "
-              f"{'met' if row['met'] else 'NOT met'})\n    {row['notes']}")
+    sys.exit(print_rows(run()))

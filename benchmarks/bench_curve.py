@@ -21,6 +21,7 @@ import time
 import tracemalloc
 import warnings
 from pathlib import Path
+from _report import print_rows  # benchmarks/ is on sys.path: the script's own folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -140,15 +141,5 @@ def run() -> list[dict]:
     ]
 
 
-def main() -> int:
-    for row in run():
-        print(f"{row['benchmark']}")
-        print(f"  ours     {row['ours']:.4g} {row['unit']}")
-        print(f"  baseline {row['baseline']:.4g} {row['unit']}")
-        print(f"  ratio    {row['ratio']:.3g}  (target {row['target']}: {'met' if row['met'] else 'NOT met'})")
-        print(f"  {row['notes']}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(print_rows(run()))

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from _report import print_rows  # benchmarks/ is on sys.path: the script's own folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -118,13 +119,5 @@ def run() -> list[dict]:
     return rows
 
 
-def main() -> int:
-    for row in run():
-        print(f"{row['benchmark']}: ours {row['ours']} {row['unit']}, baseline {row['baseline']} {row['unit']}, "
-              f"{row['ratio']}x, target {row['target']}, met {row['met']}")
-        print(f"    {row['notes']}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(print_rows(run()))
