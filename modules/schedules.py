@@ -195,6 +195,12 @@ def _as_steps(schedule: ResolvedSchedule, steps) -> np.ndarray:
     return np.minimum(k, schedule.total_steps - 1)
 
 
+def _warmup(schedule: ResolvedSchedule, k: np.ndarray) -> np.ndarray:
+    """k < Wu: s + (1 - s) * k / Wu, s = warmup_start_factor."""
+    s = schedule.warmup_start_factor
+    return s + (1.0 - s) * (k.astype(np.float64) / float(max(1, schedule.warmup_steps)))
+
+
 def applied_multipliers(schedule: ResolvedSchedule, steps=None) -> np.ndarray:
     """f(k): the factor written into each param group's lr before optimizer step k.
 
@@ -208,15 +214,12 @@ def applied_multipliers(schedule: ResolvedSchedule, steps=None) -> np.ndarray:
     if steps is None:
         # The whole plan, k = 0 .. T - 1 in order: the two phases are slices (views), which
         # spares a million-step plan the masked copies of the general path below.
-        s = schedule.warmup_start_factor
-        head = k[:warmup_steps]
-        result[:warmup_steps] = s + (1.0 - s) * (head.astype(np.float64) / float(max(1, warmup_steps)))
+        result[:warmup_steps] = _warmup(schedule, k[:warmup_steps])
         result[warmup_steps:] = SHAPES[schedule.type](schedule, k[warmup_steps:])
         return result
     in_warmup = k < warmup_steps
     if in_warmup.any():
-        s = schedule.warmup_start_factor
-        result[in_warmup] = s + (1.0 - s) * (k[in_warmup].astype(np.float64) / float(max(1, warmup_steps)))
+        result[in_warmup] = _warmup(schedule, k[in_warmup])
     after = ~in_warmup
     if after.any():
         result[after] = SHAPES[schedule.type](schedule, k[after])
