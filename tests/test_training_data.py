@@ -54,13 +54,18 @@ def test_micro_batch_pixels_flips_and_noise_are_reproducible(tmp_path):
     plan = build_step_plan(preset)
     dataset = build_dataset(preset, plan)
     order = dataset.epoch_order(3, 0)
-    batches = [dataset.micro_batch(order, plan, micro_batch, 0, 3, micro_batch) for micro_batch in range(7)]
+    batches = [dataset.micro_batch(order, plan, micro_batch, 0, 3, micro_batch).pixels for micro_batch in range(7)]
     assert batches[0].shape == (1, 3, 8, 8) and batches[0].min() >= -1 and batches[0].max() <= 1
-    again = dataset.micro_batch(order, plan, 4, 0, 3, 4)
+    again = dataset.micro_batch(order, plan, 4, 0, 3, 4).pixels
     assert np.array_equal(batches[4].numpy(), again.numpy())
-    flipped = [not np.array_equal(batch.numpy(), dataset.micro_batch(order, plan, index, 0, 3, index + 100).numpy())
+    flipped = [not np.array_equal(batch.numpy(),
+                                  dataset.micro_batch(order, plan, index, 0, 3, index + 100).pixels.numpy())
                for index, batch in enumerate(batches)]
     assert any(flipped)  # the flip draw depends on the global micro-batch index
+    batch = dataset.micro_batch(order, plan, 2, 0, 3, 9)
+    sample = int(dataset.micro_batch_samples(order, plan, 2, 0)[0]) % dataset.num_images
+    assert batch.paths == [dataset.paths[sample]] and batch.original_sizes == [(12, 12)]
+    assert (batch.index, batch.global_index, batch.rank, batch.target_size) == (2, 9, 0, (8, 8))
     first = torch_generator(3, 5, 0)
     assert first.initial_seed() == torch_generator(3, 5, 0).initial_seed()
     assert len({torch_generator(3, 5, rank).initial_seed() for rank in range(4)}) == 4
@@ -71,10 +76,12 @@ def test_images_are_resized_on_the_shorter_side_and_centre_cropped(tmp_path):
     pixels[:, 10:30] = 255  # a white centre band, 20 of 40 columns
     Image.fromarray(pixels).save(tmp_path / "wide.png")
     Image.fromarray(pixels[:, :, 0], mode="L").save(tmp_path / "gray.png")
-    image = load_image(tmp_path / "wide.png", 8)
+    image, original_size, crop_top_left = load_image(tmp_path / "wide.png", 8)
     assert image.shape == (8, 8, 3)
     assert image[:, 2:6].min() > 200  # the centre of the band survives the crop
-    assert load_image(tmp_path / "gray.png", 8).shape == (8, 8, 3)
+    assert original_size == (20, 40)  # (height, width) of the file
+    assert crop_top_left == (0, 4)  # resized to 8 x 16, the centre 8 columns start at 4
+    assert load_image(tmp_path / "gray.png", 8)[0].shape == (8, 8, 3)
 
 
 def test_an_unreadable_image_names_its_path(tmp_path):

@@ -27,14 +27,18 @@ from PIL import Image, UnidentifiedImageError
 from modules.errors import ConfigError
 from modules.image_listing import list_images
 from modules.step_plan import StepPlan
+from modules.training.batch import MicroBatch
 
 # Different streams for the same (seed, micro-batch, rank): flips vs noise/timesteps.
 FLIP_STREAM = 1
 NOISE_STREAM = 2
 
 
-def load_image(path: Path, resolution: int) -> np.ndarray:
-    """RGB uint8 array (resolution, resolution, 3): shorter side resized, centre-cropped."""
+def load_image(path: Path, resolution: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """(RGB uint8 array (resolution, resolution, 3), original (height, width), crop (top, left)).
+
+    The shorter side is resized to `resolution`, then the centre is cropped.
+    """
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")
@@ -46,7 +50,7 @@ def load_image(path: Path, resolution: int) -> np.ndarray:
             left = (size[0] - resolution) // 2
             top = (size[1] - resolution) // 2
             image = image.crop((left, top, left + resolution, top + resolution))
-            return np.asarray(image, dtype=np.uint8).copy()
+            return np.asarray(image, dtype=np.uint8).copy(), (height, width), (top, left)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(f"cannot read image '{path}': {reason}", "data.path") from None
@@ -72,7 +76,10 @@ class ImageDataset:
         self.resolution = resolution
         self.repeats = repeats
         self.flip = flip
-        self.images = np.stack([load_image(path, resolution) for path in self.paths])  # (N, R, R, 3) uint8
+        loaded = [load_image(path, resolution) for path in self.paths]
+        self.images = np.stack([pixels for pixels, _, _ in loaded])  # (N, R, R, 3) uint8
+        self.original_sizes = [size for _, size, _ in loaded]
+        self.crop_top_lefts = [crop for _, _, crop in loaded]
 
     @property
     def num_images(self) -> int:
@@ -94,16 +101,26 @@ class ImageDataset:
 
     def micro_batch(
         self, order: np.ndarray, plan: StepPlan, micro_batch: int, rank: int, seed: int, global_micro_batch: int
-    ) -> torch.Tensor:
-        """Float tensor (B, 3, R, R) in [-1, 1] for one process's part of one micro-batch."""
+    ) -> MicroBatch:
+        """One process's part of one micro-batch: pixels (B, 3, R, R) in [-1, 1], files, sizes and crops."""
         samples = self.micro_batch_samples(order, plan, micro_batch, rank)
-        pixels = self.images[samples % self.num_images]  # (B, R, R, 3)
+        images = [int(sample) % self.num_images for sample in samples]
+        pixels = self.images[images]  # (B, R, R, 3)
         if self.flip:
             rng = np.random.default_rng(micro_batch_seed(seed, global_micro_batch, rank, FLIP_STREAM))
             flips = rng.random(len(samples)) < 0.5
             pixels = np.where(flips[:, None, None, None], pixels[:, :, ::-1, :], pixels)
         batch = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float()
-        return batch.div_(127.5).sub_(1.0)
+        return MicroBatch(
+            pixels=batch.div_(127.5).sub_(1.0),
+            paths=[self.paths[image] for image in images],
+            original_sizes=[self.original_sizes[image] for image in images],
+            crop_top_lefts=[self.crop_top_lefts[image] for image in images],
+            epoch=int(global_micro_batch // plan.micro_batches_per_epoch),
+            index=int(micro_batch),
+            global_index=int(global_micro_batch),
+            rank=int(rank),
+        )
 
 
 def build_dataset(preset, plan: StepPlan) -> ImageDataset:

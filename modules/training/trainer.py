@@ -308,7 +308,7 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
             loss_sum = torch.zeros((), device=device)
             for position, micro_batch in enumerate(window):
                 global_micro_batch = epoch * micro_batches_per_epoch + micro_batch
-                clean = dataset.micro_batch(order, plan, micro_batch, rank, seed, global_micro_batch)
+                clean = dataset.micro_batch(order, plan, micro_batch, rank, seed, global_micro_batch).pixels
                 generator = torch_generator(seed, global_micro_batch, rank)
                 noise = torch.randn(clean.shape, generator=generator)
                 timesteps = torch.randint(0, num_train_timesteps, (clean.shape[0],), generator=generator)

@@ -1,0 +1,34 @@
+"""One process's part of one micro-batch: what the data side hands the training loop.
+
+The data side (`modules.training.data`) builds it; the model family turns it
+into a loss. Sizes are (height, width) in pixels; the crop is the (top, left)
+corner of the training crop in the resized image, as SDXL's `add_time_ids`
+expect (the diffusers SDXL training scripts compute them the same way).
+Every random draw for this micro-batch is keyed to (seed, global_index, rank).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class MicroBatch:
+    pixels: torch.Tensor                       # (B, 3, H, W) float32 in [-1, 1]
+    paths: list[Path]                          # the image file of each sample
+    original_sizes: list[tuple[int, int]]      # (height, width) of each image file
+    crop_top_lefts: list[tuple[int, int]]      # (top, left) of the crop in the resized image
+    epoch: int                                 # 0-based epoch
+    index: int                                 # micro-batch index within the epoch (per process)
+    global_index: int                          # epoch * micro_batches_per_epoch + index
+    rank: int                                  # the process that trains it
+
+    @property
+    def size(self) -> int:
+        return self.pixels.shape[0]
+
+    @property
+    def target_size(self) -> tuple[int, int]:
+        """(height, width) of the training images."""
+        return int(self.pixels.shape[2]), int(self.pixels.shape[3])
