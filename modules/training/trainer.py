@@ -289,8 +289,8 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
 
     bar = tqdm(total=total_steps, initial=global_step, disable=not (progress_bar and is_main),
                unit="step", dynamic_ncols=True)
-    checkpoint_steps = set(plan.checkpoint_steps) | {total_steps}
-    sample_steps = set(plan.sample_steps)
+    checkpoint_steps = plan.checkpoint_steps  # the last step included; membership is arithmetic, not a set
+    sample_steps = plan.sample_steps
     micro_batches_per_epoch = plan.micro_batches_per_epoch
     last_checkpoint = folder
     first_step, started = global_step, time.perf_counter()
