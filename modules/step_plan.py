@@ -30,7 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from modules.config import SCHEDULE_FREE_OPTIMIZERS, Preset
+from modules.config import DEFAULT_GROUP_NAME, SCHEDULE_FREE_OPTIMIZERS, Preset
 from modules.durations import parse_duration
 from modules.errors import ConfigError
 from modules.image_listing import list_images
@@ -181,11 +181,21 @@ class StepPlan:
 
 
 def describe_changes(old_identity: dict, new_identity: dict) -> list[str]:
-    """Human-readable differences between two plan identities, one per changed field."""
+    """Human-readable differences between two plan identities, one per changed field.
+
+    Identities may carry "learning_rates" (group -> base LR, `LrCurve.identity`): a changed LR is a
+    plan change like any other.
+    """
     changes = []
     for key in sorted(set(old_identity) | set(new_identity)):
         old, new = old_identity.get(key), new_identity.get(key)
-        if key == "schedule" and isinstance(old, dict) and isinstance(new, dict):
+        if key == "learning_rates":
+            if isinstance(old, dict) and isinstance(new, dict):  # checkpoints older than this field lack it
+                for name in [*old, *(name for name in new if name not in old)]:
+                    if old.get(name) != new.get(name):
+                        label = "optimizer.lr" if name == DEFAULT_GROUP_NAME else f"lr of group '{name}'"
+                        changes.append(f"{label}: {old.get(name)!r} -> {new.get(name)!r}")
+        elif key == "schedule" and isinstance(old, dict) and isinstance(new, dict):
             for name in sorted(set(old) | set(new)):
                 if old.get(name) != new.get(name):
                     changes.append(f"scheduler {name}: {old.get(name)!r} -> {new.get(name)!r}")

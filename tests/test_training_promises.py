@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from modules.lr_curve import build_lr_curve
+from modules.errors import ConfigError
+from modules.lr_curve import build_lr_curve, read_lr_csv
+from modules.preview import build_preview
 from modules.step_plan import build_step_plan
 from modules.training import train
 from tests.training_helpers import one_thread, scalar_events, tiny_preset  # noqa: F401
@@ -18,6 +20,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 def quiet(preset, **kwargs):
     return train(preset, progress_bar=False, log=lambda message: None, **kwargs)
+
+
+def stop_after_steps(steps: int):
+    """should_stop for a stop once `steps` optimizer steps are done (it is polled once per step)."""
+    polls = []
+    return lambda: polls.append(1) or len(polls) >= steps
 
 
 class StepRecorder:
@@ -132,3 +140,42 @@ def test_a_run_that_died_after_its_last_checkpoint_resumes_into_one_clean_curve(
     for tag in expected:
         assert [step for step, _ in events[tag]] == list(range(8)), tag  # exactly T points, each step once
         assert events[tag] == expected[tag], tag
+
+
+def test_a_changed_lr_on_resume_is_refused_and_lists_each_group(tmp_path):
+    preset = tiny_preset(tmp_path)
+    quiet(preset, should_stop=stop_after_steps(3))
+    csv_before = (tmp_path / "out" / "lr_plan.csv").read_bytes()
+    changed = tiny_preset(tmp_path, optimizer={"lr": 2e-3, "param_groups": [
+        {"name": "attention", "match": "attentions", "lr": 1e-4}]})
+
+    with pytest.raises(ConfigError) as refused:
+        quiet(changed, resume=True)
+
+    message = str(refused.value)
+    assert "optimizer.lr: 0.001 -> 0.002" in message and "lr of group 'attention': 0.0005 -> 0.0001" in message
+    assert "--rebase-schedule" in message and "\n" not in message
+    assert (tmp_path / "out" / "lr_plan.csv").read_bytes() == csv_before  # nothing overwritten
+
+
+@pytest.mark.parametrize("old_csv", ["kept", "deleted"])
+def test_a_rebased_run_writes_the_lr_plan_that_tensorboard_shows(tmp_path, old_csv):
+    old = tiny_preset(tmp_path)
+    quiet(old, should_stop=stop_after_steps(3))
+    if old_csv == "deleted":  # then the old plan's rows are recomputed from the checkpoint's config
+        (tmp_path / "out" / "lr_plan.csv").unlink()
+    new = tiny_preset(tmp_path, training={"epochs": 3}, optimizer={"lr": 2e-3})
+
+    quiet(new, resume=True, rebase_schedule=True)
+
+    names, table = read_lr_csv(tmp_path / "out" / "lr_plan.csv")
+    old_table = build_preview(old).curve.effective_table()
+    new_table = build_preview(new).curve.effective_table()
+    assert table.shape == new_table.shape
+    np.testing.assert_array_equal(table[:3], old_table[:3])  # the steps trained on the old plan
+    np.testing.assert_array_equal(table[3:], new_table[3:])
+    events = scalar_events(new.output.dir)
+    for column, name in enumerate(names):
+        steps, values = zip(*events[f"lr/{name}"])
+        assert list(steps) == list(range(len(table)))
+        np.testing.assert_allclose(values, table[:, column], rtol=1e-6, atol=0)  # TensorBoard stores float32

@@ -169,7 +169,7 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
         _refuse_to_overwrite(output_dir)
     loaded = checkpoints.load_checkpoint(folder, rank) if folder is not None else None
     if loaded is not None:
-        changes = describe_changes(loaded.state.plan_identity, plan.identity())
+        changes = describe_changes(loaded.state.plan_identity, curve.identity())
         if changes and not rebase_schedule:
             raise ConfigError(
                 f"checkpoint '{folder}' was written for a different plan: {'; '.join(changes)} "
@@ -226,7 +226,11 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
     tensorboard = None
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        curve.write_csv(output_dir / paths.LR_PLAN_CSV)
+        if loaded is not None and changes:  # rebased: the steps before global_step followed the old plan
+            earlier = checkpoints.earlier_lr_rows(output_dir, folder, loaded.state, curve.csv_header)
+            curve.write_csv(output_dir / paths.LR_PLAN_CSV, from_step=global_step, earlier=earlier)
+        else:
+            curve.write_csv(output_dir / paths.LR_PLAN_CSV)
         checkpoints.remove_temporary_checkpoints(output_dir)
         from modules.training.tensorboard_log import TensorBoardLog
 
@@ -256,7 +260,7 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
             global_step=step, epoch=epoch, step_in_epoch=step_in_epoch,
             micro_batch_in_epoch=step_in_epoch * plan.gradient_accumulation_steps, seed=seed,
             total_steps=total_steps, num_processes=world, plan_fingerprint=plan.fingerprint,
-            plan_identity=plan.identity(),
+            plan_identity=curve.identity(),
         )
         return checkpoints.save_checkpoint(
             output_dir, state, rank=rank, is_main=is_main, barrier=accelerator.wait_for_everyone,
