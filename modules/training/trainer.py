@@ -31,7 +31,9 @@ Contract (SPEC §1, §2, §4, §5, §6):
 """
 
 import os
+import shlex
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -99,7 +101,9 @@ def make_accelerator(preset: Preset):
 
 
 def resume_command(checkpoint: Path, num_processes: int) -> str:
-    launcher = f"accelerate launch --num_processes {num_processes} " if num_processes > 1 else "python "
+    """A command that continues from `checkpoint` (callers that know the real command line pass their own)."""
+    interpreter = shlex.quote(sys.executable)
+    launcher = f"accelerate launch --num_processes {num_processes} " if num_processes > 1 else f"{interpreter} "
     return f"{launcher}scripts/train.py {checkpoint / paths.CONFIG_FILE} --resume {checkpoint}"
 
 
@@ -144,11 +148,17 @@ def _replace_folder(temporary: Path, final: Path) -> None:
 def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_schedule: bool = False,
           on_step: Callable[[StepReport], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
-          log: Callable[[str], None] = print, progress_bar: bool = True) -> TrainResult:
-    """Train `preset` for its plan's T optimizer steps (or resume); see the module docstring."""
+          log: Callable[[str], None] = print, progress_bar: bool = True,
+          resume_command_for: Callable[[Path], str] | None = None) -> TrainResult:
+    """Train `preset` for its plan's T optimizer steps (or resume); see the module docstring.
+
+    `resume_command_for(checkpoint)` gives the command printed (and returned) when stopped early
+    (the CLI passes the command line it was really started with); default: `resume_command`.
+    """
     plan = build_step_plan(preset)
     curve = build_lr_curve(plan, preset.optimizer)
     output_dir = Path(preset.output.dir)
+    paths.check_output_dir(output_dir)
     total_steps = plan.total_steps
     seed = preset.training.seed
 
@@ -358,7 +368,8 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
                 last_checkpoint = save_checkpoint(global_step)
                 say_to_bar(bar, say, f"checkpoint: {last_checkpoint}")
             if stop and global_step < total_steps:
-                command = resume_command(last_checkpoint, world)
+                command = (resume_command_for(last_checkpoint) if resume_command_for is not None
+                           else resume_command(last_checkpoint, world))
                 say_to_bar(bar, say, f"stopped at step {global_step} of {total_steps}; resume with: {command}")
                 return TrainResult(output_dir, global_step, total_steps, False, last_checkpoint, command)
     finally:
