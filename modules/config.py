@@ -10,15 +10,22 @@ Every problem is raised as a `ConfigError` whose message is one line naming
 the key and what is allowed; a misspelt key suggests the nearest valid one.
 Checks that need the dataset or the total step count (warmup longer than
 the run, a drop_last that leaves no batch) live in `modules.step_plan`.
+
+Values are taken as written, never coerced: a JSON boolean is not a number,
+a string is not a number or a boolean, and NaN or infinity is no value at
+all. An integer is a fine value for a float field, an integral float (1e6)
+for an integer field, and a JSON list for a pair such as optimizer.betas or
+an entry of scheduler.steps.
 """
 
 import difflib
 import json
 import re
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator, model_validator
 
 from modules.durations import DurationValue, parse_duration
 from modules.errors import ConfigError
@@ -64,8 +71,50 @@ Duration = Annotated[int | str, PlainValidator(_duration)]
 OptionalDuration = Annotated[int | str | None, PlainValidator(_optional_duration)]
 
 
+MAX_SEED = 2**64 - 1
+"""The largest training.seed: torch.manual_seed takes seeds up to 2**64 - 1."""
+
+
+def _as_written(value: Any) -> str:
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _check_uncoerced(value: Any, annotation: Any) -> None:
+    """Raise ConfigError where pydantic would coerce `value` into `annotation` (see the module docstring)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return  # durations: parse_duration checks their type itself
+    if origin in (Union, types.UnionType):
+        options = [option for option in get_args(annotation) if option is not type(None)]
+        if value is not None and len(options) == 1:
+            _check_uncoerced(value, options[0])
+        return
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        items = get_args(annotation)
+        if origin is list or (len(items) == 2 and items[1] is Ellipsis):
+            items = (items[0],) * len(value)
+        for item, item_type in zip(value, items):
+            _check_uncoerced(item, item_type)
+        return
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"must be a boolean, true or false (got {_as_written(value)})")
+    if annotation in (int, float) and isinstance(value, (bool, str)):
+        kind = "an integer" if annotation is int else "a number"
+        raise ConfigError(f"must be {kind}, not {'a boolean' if isinstance(value, bool) else 'a string'} "
+                          f"(got {_as_written(value)})")
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _as_written(cls, value: Any, info) -> Any:
+        _check_uncoerced(value, cls.model_fields[info.field_name].annotation)
+        return value
 
 
 class ModelSection(Section):
@@ -101,7 +150,7 @@ class TrainingSection(Section):
     batch_size: int = Field(1, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     num_processes: int = Field(1, ge=1)
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
     max_grad_norm: float | None = Field(None, gt=0)

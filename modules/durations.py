@@ -10,7 +10,7 @@ plan alone. Rounding is to the nearest step, halves up, once.
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
 
@@ -28,6 +28,8 @@ DURATION_HELP = 'an integer number of steps, or a string like "200", "200 steps"
 class Duration:
     amount: float
     unit: Literal["steps", "epochs", "percent"]
+    written: Fraction | None = field(default=None, compare=False)
+    """The amount exactly as written (a decimal string or an integer); None: take the float's shortest decimal."""
 
     def to_steps(self, steps_per_epoch: int, total_steps: int) -> int:
         """Optimizer steps, rounded to the nearest integer (halves up).
@@ -36,7 +38,9 @@ class Duration:
         ("29%" of 50 steps is 14.5, so 15), never in binary floating point,
         where 0.29 * 50 falls just below the half.
         """
-        amount = Fraction(repr(self.amount))  # the shortest decimal that reads back as this float
+        # The decimal as written ("0.50000000000000000001 epochs" is just past the half); a float given
+        # as such (not as text) by its shortest decimal, the one that reads back as that float.
+        amount = self.written if self.written is not None else Fraction(repr(self.amount))
         if self.unit == "steps":
             exact = amount
         elif self.unit == "epochs":
@@ -59,7 +63,7 @@ def parse_duration(value: DurationValue, key: str) -> Duration:
     if isinstance(value, int):
         if value < 0:
             raise ConfigError(f"must not be negative, got {value}", key)
-        return Duration(float(value), "steps")
+        return Duration(float(value), "steps", Fraction(value))
     if isinstance(value, float):
         if value < 0 or not math.isfinite(value):
             raise ConfigError(f"must be a non-negative number of steps, got {value}", key)
@@ -67,11 +71,12 @@ def parse_duration(value: DurationValue, key: str) -> Duration:
     if isinstance(value, str):
         match = _PATTERN.match(value)
         if match:
-            amount = float(match.group("amount"))
+            written = Fraction(match.group("amount"))
+            amount = float(written)
             unit = (match.group("unit") or "steps").lower()
             if unit == "%":
-                if amount > 100:
+                if written > 100:
                     raise ConfigError(f"a percentage must be at most 100%, got {value!r}", key)
-                return Duration(amount, "percent")
-            return Duration(amount, "epochs" if unit.startswith("epoch") else "steps")
+                return Duration(amount, "percent", written)
+            return Duration(amount, "epochs" if unit.startswith("epoch") else "steps", written)
     raise ConfigError(f"expected {DURATION_HELP}, got {value!r}", key)

@@ -9,14 +9,19 @@ The two differ only for schedule-free optimizers (see `modules.schedules`).
 Steps past the plan read the last step's value.
 """
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
 from modules.config import OptimizerSection
 from modules.schedules import applied_multipliers, effective_multipliers
 from modules.step_plan import StepPlan
+
+
+CSV_BLOCK_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -46,17 +51,42 @@ class LrCurve:
         """Shape (T, groups): the effective LR of each group at each step."""
         return np.outer(self.effective_multipliers, np.asarray(self.base_lrs, dtype=np.float64))
 
-    def write_csv(self, path) -> None:
-        """`step,lr/<group>...`, one row per optimizer step 0..T-1 (the effective LR, full precision)."""
+    def identity(self) -> dict:
+        """The plan's identity and each group's base LR: what a resumed run must share (JSON-ready)."""
+        return {**self.plan.identity(), "learning_rates": dict(zip(self.group_names, self.base_lrs))}
+
+    @property
+    def csv_header(self) -> str:
+        return "step," + ",".join(f"lr/{name}" for name in self.group_names)
+
+    def csv_blocks(self, start: int = 0, stop: int | None = None):
+        """The CSV text of rows start..stop-1 (default: to T - 1), in blocks of whole lines."""
         table = self.effective_table()
-        header = "step," + ",".join(f"lr/{name}" for name in self.group_names)
+        stop = table.shape[0] if stop is None else min(stop, table.shape[0])
         # Column-wise repr (the shortest text that reads back as the same float): about a third
-        # faster than formatting row by row, which matters for a million-step plan.
-        columns = [map(repr, column) for column in table.T.tolist()]
-        rows = map(",".join, zip(map(str, range(table.shape[0])), *columns))
-        with open(path, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(header + "\n")
-            handle.write("\n".join(rows) + "\n")
+        # faster than formatting row by row. In blocks, so a ten-million-step plan never holds
+        # its whole text (or ten million Python floats) in memory at once.
+        for first in range(start, stop, CSV_BLOCK_ROWS):
+            block = table[first:min(first + CSV_BLOCK_ROWS, stop)]
+            columns = [map(repr, column) for column in block.T.tolist()]
+            rows = map(",".join, zip(map(str, range(first, first + block.shape[0])), *columns))
+            yield "\n".join(rows) + "\n"
+
+    def write_csv(self, path, from_step: int = 0, earlier=()) -> None:
+        """`step,lr/<group>...`, one row per optimizer step 0..T-1 (the effective LR, full precision).
+
+        Rows before `from_step` are the text blocks `earlier` (another plan's rows, e.g. the plan a
+        rebased run followed until then); this curve's rows follow from `from_step` on. Written to a
+        temporary file and renamed, so `earlier` may read the file being replaced.
+        """
+        path = Path(path)
+        temporary = path.with_name(path.name + ".tmp")
+        with open(temporary, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(self.csv_header + "\n")
+            if from_step:
+                handle.writelines(earlier)
+            handle.writelines(self.csv_blocks(from_step))
+        os.replace(temporary, path)
 
 
 def build_lr_curve(plan: StepPlan, optimizer: OptimizerSection) -> LrCurve:

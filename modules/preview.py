@@ -36,6 +36,8 @@ class Preview:
         if plan.max_steps is not None:
             length = f"max_steps; {length} touched"
         table = self.curve.effective_table()
+        every = getattr(plan.checkpoint_steps, "every", None)
+        checkpoint_note = f"(every {every} step{'s' * (every != 1)} and the last step)" if every else "(the last step)"
         lines = [
             plan.summary(),
             f"  images            {plan.num_images} x {plan.repeats} repeat{'s' * (plan.repeats != 1)} = "
@@ -48,7 +50,7 @@ class Preview:
             f"  schedule          {plan.schedule.type}"
             + (f" (optimizer {plan.schedule.schedule_free})" if plan.schedule.schedule_free else ""),
             f"  cycle boundaries  {listing(plan.cycle_starts)}",
-            f"  checkpoints at    {listing(plan.checkpoint_steps)}",
+            f"  checkpoints at    {listing(plan.checkpoint_steps)} {checkpoint_note}",
         ]
         for index, name in enumerate(self.curve.group_names):
             column = table[:, index]

@@ -13,20 +13,77 @@ Every duration of the preset (warmup, period, timescale, decay, piecewise
 boundaries, checkpoint and sample intervals) is converted to optimizer
 steps here and nowhere else. The training loop takes exactly T optimizer
 steps and the scheduler is built from this same object.
+
+A plan holds at most MAX_TOTAL_STEPS optimizer steps: a longer length is a
+ConfigError naming the key that set it (training.epochs or
+training.max_steps), raised before anything of that size is allocated.
+Checkpoint and sample steps are `IntervalSteps` (arithmetic, not stored
+lists), so `checkpoint_every: 1` over the longest plan costs nothing. The
+checkpoint steps always include the last step T: training writes a
+checkpoint there; `checkpoint_every: null` means no periodic checkpoints,
+only that final one.
 """
 
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from modules.config import SCHEDULE_FREE_OPTIMIZERS, Preset
+from modules.config import DEFAULT_GROUP_NAME, SCHEDULE_FREE_OPTIMIZERS, Preset
 from modules.durations import parse_duration
 from modules.errors import ConfigError
 from modules.image_listing import list_images
 from modules.schedules import ResolvedSchedule, cycle_starts
 
 TRANSFORMERS_DEFAULT_TIMESCALE = 10_000
+MAX_TOTAL_STEPS = 10_000_000
+"""The longest plan, in optimizer steps: a million-step curve takes 10-20 ms, this one ten times that."""
+
+
+class IntervalSteps(Sequence):
+    """every, 2 * every, ... up to total (none when every is None), then total itself when `final` is set.
+
+    Arithmetic, not a stored list: membership, length and indexing take constant time however
+    long the plan. Compares equal to a tuple or list of the same steps.
+    """
+
+    def __init__(self, every: int | None, total: int, final: bool = False):
+        self.every, self.total, self.final = every, total, final
+        self._periodic = range(every, total + 1, every) if every else range(0)
+        self._extra = 1 if final and total not in self._periodic else 0
+
+    def __len__(self) -> int:
+        return len(self._periodic) + self._extra
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[position] for position in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("step index out of range")
+        return self._periodic[index] if index < len(self._periodic) else self.total
+
+    def __contains__(self, step) -> bool:
+        return step in self._periodic or (self._extra == 1 and step == self.total)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, IntervalSteps):
+            return list(self._key()) == list(other._key())
+        if isinstance(other, (tuple, list)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple:
+        return (self._periodic.start, self._periodic.stop, self._periodic.step, self._extra, self.total)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(map(str, self[:6]))
+        return f"IntervalSteps({shown}{', ...' if len(self) > 6 else ''}; {len(self)} steps)"
 
 
 @dataclass(frozen=True)
@@ -44,8 +101,8 @@ class StepPlan:
     steps_per_epoch: int
     total_steps: int
     schedule: ResolvedSchedule
-    checkpoint_steps: tuple[int, ...] = ()
-    sample_steps: tuple[int, ...] = ()
+    checkpoint_steps: Sequence[int] = ()  # IntervalSteps: every checkpoint_every, and always the last step
+    sample_steps: Sequence[int] = ()
     warnings: tuple[str, ...] = field(default=())
 
     # --- derived views ---------------------------------------------------------
@@ -60,9 +117,9 @@ class StepPlan:
         return self.schedule.warmup_steps
 
     @property
-    def epoch_starts(self) -> list[int]:
+    def epoch_starts(self) -> range:
         """The optimizer step at which each epoch begins (0, U, 2U, ...)."""
-        return list(range(0, self.total_steps, self.steps_per_epoch))
+        return range(0, self.total_steps, self.steps_per_epoch)
 
     @property
     def cycle_starts(self) -> list[int]:
@@ -124,11 +181,21 @@ class StepPlan:
 
 
 def describe_changes(old_identity: dict, new_identity: dict) -> list[str]:
-    """Human-readable differences between two plan identities, one per changed field."""
+    """Human-readable differences between two plan identities, one per changed field.
+
+    Identities may carry "learning_rates" (group -> base LR, `LrCurve.identity`): a changed LR is a
+    plan change like any other.
+    """
     changes = []
     for key in sorted(set(old_identity) | set(new_identity)):
         old, new = old_identity.get(key), new_identity.get(key)
-        if key == "schedule" and isinstance(old, dict) and isinstance(new, dict):
+        if key == "learning_rates":
+            if isinstance(old, dict) and isinstance(new, dict):  # checkpoints older than this field lack it
+                for name in [*old, *(name for name in new if name not in old)]:
+                    if old.get(name) != new.get(name):
+                        label = "optimizer.lr" if name == DEFAULT_GROUP_NAME else f"lr of group '{name}'"
+                        changes.append(f"{label}: {old.get(name)!r} -> {new.get(name)!r}")
+        elif key == "schedule" and isinstance(old, dict) and isinstance(new, dict):
             for name in sorted(set(old) | set(new)):
                 if old.get(name) != new.get(name):
                     changes.append(f"scheduler {name}: {old.get(name)!r} -> {new.get(name)!r}")
@@ -162,6 +229,13 @@ def build_step_plan(preset: Preset, num_images: int | None = None) -> StepPlan:
         )
     steps_per_epoch = math.ceil(micro_batches / accumulation)
     total = training.max_steps if training.max_steps is not None else training.epochs * steps_per_epoch
+    if total > MAX_TOTAL_STEPS:
+        if training.max_steps is not None:
+            raise ConfigError(f"{total} steps is more than the {MAX_TOTAL_STEPS:,} optimizer steps a plan may hold",
+                              "training.max_steps")
+        raise ConfigError(
+            f"{training.epochs} epochs x {steps_per_epoch} steps/epoch = {total} steps is more than the "
+            f"{MAX_TOTAL_STEPS:,} optimizer steps a plan may hold", "training.epochs")
 
     def steps(value, key: str) -> int:
         return parse_duration(value, key).to_steps(steps_per_epoch, total)
@@ -226,13 +300,13 @@ def build_step_plan(preset: Preset, num_images: int | None = None) -> StepPlan:
         beta2=float(preset.optimizer.betas[1]),
     )
 
-    def interval_steps(value, key: str) -> tuple[int, ...]:
+    def interval_steps(value, key: str, final: bool = False) -> IntervalSteps:
         if value is None:
-            return ()
+            return IntervalSteps(None, total, final)
         every = steps(value, key)
         if every < 1:
             raise ConfigError(f"must be at least 1 step, got {every} ({value!r})", key)
-        return tuple(range(every, total + 1, every))
+        return IntervalSteps(every, total, final)
 
     plan = StepPlan(
         num_images=num_images,
@@ -248,7 +322,7 @@ def build_step_plan(preset: Preset, num_images: int | None = None) -> StepPlan:
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
         schedule=schedule,
-        checkpoint_steps=interval_steps(preset.output.checkpoint_every, "output.checkpoint_every"),
+        checkpoint_steps=interval_steps(preset.output.checkpoint_every, "output.checkpoint_every", final=True),
         sample_steps=interval_steps(preset.output.sample_every, "output.sample_every"),
     )
     return _with_warnings(plan, preset)
@@ -296,6 +370,14 @@ def _with_warnings(plan: StepPlan, preset: Preset) -> StepPlan:
             warnings.append(
                 f"the sine period ({schedule.period_steps} steps) is odd: the floor (min_factor) falls between two steps"
             )
+    if schedule.type == "piecewise_constant":
+        beyond = [(boundary, value) for boundary, value in schedule.piecewise if boundary >= plan.total_steps]
+        if beyond:
+            boundary, value = beyond[0]
+            warnings.append(
+                f"scheduler.steps: the boundary at step {boundary} (multiplier {value:g}) is at or past the end of "
+                f"the run ({plan.total_steps} steps): "
+                + ("it never takes effect" if len(beyond) == 1 else f"it and {len(beyond) - 1} more never take effect"))
     if schedule.min_factor > 0 and schedule.type in ("constant", "piecewise_constant"):
         warnings.append(f"min_factor has no effect with the {schedule.type} schedule")
     if plan.schedule.schedule_free and schedule.min_factor > 0:

@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with user_errors(PROGRAM):
+        if args.csv:
+            _check_output_file(args.csv, "--csv", None)
+        if args.png:
+            _check_output_file(args.png, "--png", ".png")
         preset = load_preset(args.preset, args.overrides)
         preview = build_preview(preset)
         print("\n".join(preview.report_lines()))
@@ -40,6 +44,15 @@ def main(argv: list[str] | None = None) -> int:
             _write(args.png, lambda path: _save_png(preview, path))
             print(f"picture written to {args.png}")
     return 0
+
+
+def _check_output_file(path: str, flag: str, suffix: str | None) -> None:
+    """Refuse a folder, or a name without the suffix the format needs, before any work is done."""
+    if path.endswith(("/", "\\")) or Path(path).is_dir():
+        example = f" such as '{Path(path) / ('curve' + (suffix or '.csv'))}'"
+        raise ConfigError(f"{flag}: '{path}' is a folder; give a file name{example}")
+    if suffix and Path(path).suffix.lower() != suffix:
+        raise ConfigError(f"{flag}: '{path}' must end in {suffix} (the picture is written as PNG)")
 
 
 def _write(path: str, writer) -> None:

@@ -26,7 +26,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from _cli import EXIT_BAD_INPUT, user_errors
+from _cli import EXIT_BAD_INPUT, OneLineArgumentParser, positive_int, user_errors
 
 from modules.config import load_preset
 from modules.errors import ConfigError
@@ -59,7 +59,7 @@ class StopRequest:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0])
     parser.add_argument("preset", help="preset JSON file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a preset value, e.g. --set training.epochs=3")
@@ -67,26 +67,69 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue from the newest complete checkpoint in output.dir, or from CHECKPOINT")
     parser.add_argument("--rebase-schedule", action="store_true",
                         help="resume although the plan changed: keep global_step and continue on the new plan")
-    parser.add_argument("--stop-at-step", type=int, metavar="STEP",
+    parser.add_argument("--stop-at-step", type=positive_int, metavar="STEP",
                         help="stop at optimizer step STEP as if Ctrl+C were pressed (checkpoint, exit 0); "
                              "for sessions shorter than the run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
-def cli_resume_command(args, num_processes: int) -> str:
-    words = [] if num_processes == 1 else ["accelerate", "launch", "--num_processes", str(num_processes)]
-    words += ["python", "scripts/train.py"] if num_processes == 1 else ["scripts/train.py"]
-    words.append(args.preset)
+def parse_args(argv: list[str]):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.rebase_schedule and args.resume is None:
+        parser.error("--rebase-schedule only applies with --resume (it continues a stopped run on a changed plan)")
+    return args
+
+
+def shell_path(path) -> str:
+    """`path` as a user pastes it: relative to the current folder when inside it, else absolute."""
+    path = Path(os.path.abspath(path))
+    try:
+        relative = str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+    return relative if os.sep in relative else f".{os.sep}{relative}"
+
+
+def launcher_words(pid: int | None = None, depth: int = 4) -> list[str] | None:
+    """The `accelerate launch ...` words (flags included, up to this script) of the nearest ancestor
+    process that launched this one (Linux /proc), or None when not launched by accelerate."""
+    pid = os.getppid() if pid is None else pid
+    for _ in range(depth):
+        try:
+            words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        for index, word in enumerate(words[:-1]):
+            if Path(word).name == "accelerate" and words[index + 1] == "launch":
+                for end in range(index + 2, len(words)):
+                    if Path(words[end]).name == Path(__file__).name:
+                        return [shell_path(os.path.join(cwd, word)), *words[index + 1:end]]
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent: field 4 of /proc/PID/stat
+        if pid <= 1:
+            return None
+    return None
+
+
+def cli_resume_command(args) -> str:
+    """The command that continues this run: the launcher (or interpreter) actually used, this preset
+    and its overrides, --resume."""
+    words = launcher_words() or [shell_path(sys.executable)]
+    words += [shell_path(__file__), args.preset]
     for override in args.overrides:
         words += ["--set", override]
     words.append("--resume")
+    if args.no_progress:
+        words.append("--no-progress")
     return shlex.join(words)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     workers = cpu_launch_world_size()
     if workers > 1:
         return spawn_cpu_workers(argv, workers)
@@ -109,11 +152,9 @@ def run(args) -> int:
             preset = load_preset(args.preset, args.overrides)
             from modules.training import train
 
-            result = train(preset, resume=args.resume, rebase_schedule=args.rebase_schedule,
-                           on_step=on_step, should_stop=lambda: stop() or reached[0],
-                           progress_bar=not args.no_progress)
-            if not result.finished and is_main:
-                print(f"to resume: {cli_resume_command(args, preset.training.num_processes)}", flush=True)
+            train(preset, resume=args.resume, rebase_schedule=args.rebase_schedule,
+                  on_step=on_step, should_stop=lambda: stop() or reached[0],
+                  progress_bar=not args.no_progress, resume_command_for=lambda checkpoint: cli_resume_command(args))
     except KeyboardInterrupt:
         print(f"{PROGRAM}: aborted; the last complete checkpoint is untouched", file=sys.stderr)
         return EXIT_ABORTED
@@ -168,7 +209,7 @@ def _worker(rank: int, world: int, port: int, argv: list[str]) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), ACCELERATE_USE_CPU="true")
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))
-    sys.exit(run(build_parser().parse_args(argv)))
+    sys.exit(run(parse_args(argv)))
 
 
 def spawn_cpu_workers(argv: list[str], world: int) -> int:

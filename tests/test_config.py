@@ -189,3 +189,60 @@ def test_misspelt_value_suggests_the_nearest_allowed_one():
     assert caught.value.key == "scheduler.type"
     assert "did you mean 'cosine'?" in str(caught.value)
     assert "cosine_with_hard_restarts" in str(caught.value)  # the allowed values are still listed
+
+
+# --- values are taken as written -------------------------------------------------------------------------------------
+
+NOT_COERCED = [
+    ({"training": {"batch_size": True}}, "training.batch_size", "not a boolean"),
+    ({"training": {"epochs": "3"}}, "training.epochs", "not a string"),
+    ({"data": {"drop_last": "yes"}}, "data.drop_last", "true or false"),
+    ({"data": {"drop_last": 1}}, "data.drop_last", "true or false"),
+    ({"optimizer": {"lr": "1e-3"}}, "optimizer.lr", "not a string"),
+    ({"optimizer": {"lr": float("inf")}}, "optimizer.lr", "finite"),
+    ({"optimizer": {"lr": float("nan")}}, "optimizer.lr", "finite"),
+    ({"optimizer": {"betas": [0.9, True]}}, "optimizer.betas", "not a boolean"),
+    ({"optimizer": {"betas": [0.9, float("nan")]}}, "optimizer.betas.1", "finite"),
+    ({"optimizer": {"param_groups": [{"name": "a", "match": "x", "lr": float("inf")}]}},
+     "optimizer.param_groups.0.lr", "finite"),
+    ({"scheduler": {"cycles": float("inf")}}, "scheduler.cycles", "finite"),
+    ({"scheduler": {"warmup": float("inf")}}, "scheduler.warmup", "inf"),
+    ({"scheduler": {"type": "piecewise_constant", "steps": [[0, 1.0], ["50%", True]]}}, "scheduler.steps",
+     "not a boolean"),
+    ({"training": {"seed": 2**64}}, "training.seed", str(2**64 - 1)),
+    ({"training": {"max_grad_norm": float("inf")}}, "training.max_grad_norm", "finite"),
+]
+
+
+@pytest.mark.parametrize("raw,key,fragment", NOT_COERCED, ids=[f"{case[1]}-{index}" for index, case in
+                                                              enumerate(NOT_COERCED)])
+def test_values_are_never_coerced_and_never_infinite(raw, key, fragment):
+    with pytest.raises(ConfigError) as raised:
+        validate_preset(raw)
+    assert raised.value.key == key and fragment in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_integers_for_floats_and_json_lists_for_pairs_still_work(tmp_path):
+    raw = {"optimizer": {"lr": 1, "betas": [0.9, 0.99]}, "training": {"max_steps": 1e6, "seed": 2**64 - 1},
+           "scheduler": {"type": "piecewise_constant", "steps": [[0, 1], ["50%", 0.1]]}}
+    preset = validate_preset(raw)
+    assert preset.optimizer.lr == 1.0 and isinstance(preset.optimizer.lr, float)
+    assert preset.optimizer.betas == (0.9, 0.99) and preset.training.max_steps == 1_000_000
+    assert preset.scheduler.steps == [(0, 1.0), ("50%", 0.1)]
+    path = tmp_path / "preset.json"
+    path.write_text(json.dumps({"optimizer": {"betas": [0.8, 0.9]}}), encoding="utf-8")
+    loaded = load_preset(path, ["scheduler.type=piecewise_constant", 'scheduler.steps=[[0, 1], ["1 epochs", 0.5]]',
+                                "optimizer.betas=[0.85, 0.95]", "optimizer.lr=2"])
+    assert loaded.optimizer.betas == (0.85, 0.95) and loaded.scheduler.steps[1] == ("1 epochs", 0.5)
+    assert validate_preset({"optimizer": {"betas": (0.9, 0.98)}}).optimizer.betas == (0.9, 0.98)  # the app's tuples
+
+
+@pytest.mark.parametrize("override, key", [("optimizer.lr=Infinity", "optimizer.lr"), ("optimizer.lr=NaN", "optimizer.lr"),
+                                           ("optimizer.lr=inf", "optimizer.lr"), ("training.batch_size=true", "training.batch_size"),
+                                           ("data.drop_last=yes", "data.drop_last")])
+def test_overrides_are_as_strict_as_files(tmp_path, override, key):
+    path = tmp_path / "preset.json"
+    path.write_text("{}", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_preset(path, [override])
+    assert raised.value.key == key

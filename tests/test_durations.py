@@ -67,3 +67,18 @@ def test_str_reads_back():
         duration = parse_duration(text, "x")
         assert parse_duration(str(duration), "x") == duration
     assert parse_duration(7, "x") == Duration(7.0, "steps")
+
+
+@pytest.mark.parametrize("text, steps_per_epoch, total_steps, expected", [
+    ("0.50000000000000000001 epochs", 1, 100, 1),  # just past the half as written; the float is exactly 0.5
+    ("0.49999999999999999999 epochs", 1, 100, 0),  # just below; the float reads 0.5, which would round up
+    ("2.49999999999999999999", 1, 100, 2),
+    ("100.000000000000000001%", 1, 100, None),  # past 100% as written, though the float is exactly 100
+    ("12345678901234567891 steps", 1, 100, 12345678901234567891),  # an integer beyond float precision
+])
+def test_decimals_are_rounded_on_exactly_what_was_written(text, steps_per_epoch, total_steps, expected):
+    if expected is None:
+        with pytest.raises(ConfigError):
+            parse_duration(text, "scheduler.warmup")
+        return
+    assert parse_duration(text, "scheduler.warmup").to_steps(steps_per_epoch, total_steps) == expected

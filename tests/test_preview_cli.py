@@ -192,3 +192,33 @@ def test_bad_input_is_one_line_and_exit_status_2(bad_input_results, name):
     assert lines[0].startswith("preview.py: error: ")
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("flag, name, fragment", [
+    ("--png", "curve.txt", "must end in .png"),
+    ("--png", "{tmp}", "is a folder"),
+    ("--png", "{tmp}/new/", "is a folder"),
+    ("--csv", "{tmp}", "is a folder"),
+])
+def test_output_files_that_cannot_be_written_as_asked_are_refused_before_any_work(tmp_path, preset_file, flag, name,
+                                                                                  fragment):
+    target = name.format(tmp=tmp_path)
+    result = run_preview(preset_file, flag, target, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(f"preview.py: error: {flag}: '{target}'") and fragment in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "preset.json"]  # nothing written
+
+
+@pytest.mark.parametrize("override, key", [
+    ("training.epochs=1000000000000", "training.epochs"),
+    ("training.max_steps=1e9", "training.max_steps"),
+    ("optimizer.lr=Infinity", "optimizer.lr"),
+    ("training.batch_size=true", "training.batch_size"),
+    ("data.drop_last=yes", "data.drop_last"),
+])
+def test_huge_lengths_and_coercible_values_are_one_line_and_exit_2(preset_file, override, key):
+    result = run_preview(preset_file, "--set", override)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(f"preview.py: error: {key}: ")

@@ -12,7 +12,8 @@ import pytest
 
 from modules.config import validate_preset
 from modules.errors import ConfigError
-from modules.step_plan import build_step_plan, describe_changes
+from modules.preview import build_preview
+from modules.step_plan import MAX_TOTAL_STEPS, build_step_plan, describe_changes
 
 
 def preset_for(**sections):
@@ -92,7 +93,7 @@ def test_plan_matches_simulation(images, repeats, batch, processes, drop_last, a
     assert plan.steps_per_epoch == expected["steps_per_epoch"]
     assert plan.total_steps == expected["total"]
     assert plan.num_epochs == epochs
-    assert plan.epoch_starts == [epoch * expected["steps_per_epoch"] for epoch in range(epochs)]
+    assert list(plan.epoch_starts) == [epoch * expected["steps_per_epoch"] for epoch in range(epochs)]
     # Every micro-batch of the epoch belongs to exactly one optimizer step, in order.
     windows = [list(plan.micro_batch_window(step)) for step in range(plan.steps_per_epoch)]
     assert [index for window in windows for index in window] == list(range(expected["micro_batches"]))
@@ -165,7 +166,7 @@ def test_epoch_durations_count_optimizer_steps_not_micro_batches():
     )
     assert plan.steps_per_epoch == 4
     assert plan.warmup_steps == 4
-    assert plan.checkpoint_steps == (4, 8, 12)
+    assert plan.checkpoint_steps == (4, 8, 12)  # 12 is also the last step: listed once
     assert plan.sample_steps == (2, 4, 6, 8, 10, 12)
 
 
@@ -180,14 +181,24 @@ def test_checkpoint_steps_are_every_interval_up_to_the_end(every, total):
         num_images=7,
     )
     interval = {"2 epochs": 8, "3 epochs": 12, "25%": 6}.get(every, every)
-    expected = [step for step in range(1, plan.total_steps + 1) if step % interval == 0]
-    assert list(plan.checkpoint_steps) == expected
-    assert plan.checkpoint_steps[-1] <= plan.total_steps
+    expected = [step for step in range(1, plan.total_steps + 1) if step % interval == 0 or step == plan.total_steps]
+    assert list(plan.checkpoint_steps) == expected  # the last step is always a checkpoint (training writes one)
+    assert len(plan.checkpoint_steps) == len(expected) and plan.checkpoint_steps[-1] == plan.total_steps
+    assert all(step in plan.checkpoint_steps for step in expected)
+    assert not any(step in plan.checkpoint_steps for step in range(plan.total_steps + 2) if step not in expected)
 
 
-def test_no_checkpoint_interval_means_no_checkpoint_steps():
+def test_no_checkpoint_interval_means_only_the_final_checkpoint():
     plan = build_step_plan(preset_for(output={"checkpoint_every": None}), num_images=7)
-    assert plan.checkpoint_steps == ()
+    assert plan.checkpoint_steps == (plan.total_steps,)
+    report = build_preview(preset_for(output={"checkpoint_every": None}), num_images=7).report_lines()
+    assert f"  checkpoints at    {plan.total_steps} (the last step)" in report
+
+
+def test_preview_lists_the_final_checkpoint_with_the_periodic_ones():
+    preset = preset_for(training={"epochs": None, "max_steps": 10}, output={"checkpoint_every": 4})
+    assert "  checkpoints at    4, 8, 10 (every 4 steps and the last step)" in build_preview(
+        preset, num_images=7).report_lines()
 
 
 def test_warmup_as_long_as_the_run_is_refused():
@@ -255,3 +266,58 @@ def test_unset_dataset_folder_is_named():
     with pytest.raises(ConfigError) as raised:
         build_step_plan(validate_preset({}))
     assert raised.value.key == "data.path"
+
+
+# --- the longest plan ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("training, key", [
+    ({"epochs": 1_000_000_000_000}, "training.epochs"),
+    ({"epochs": 1_428_572}, "training.epochs"),  # 7 steps per epoch: 10,000,004 steps, just past the cap
+    ({"epochs": None, "max_steps": 1_000_000_000}, "training.max_steps"),
+    ({"epochs": None, "max_steps": MAX_TOTAL_STEPS + 1}, "training.max_steps"),
+])
+def test_a_plan_longer_than_the_cap_is_refused_before_anything_large_is_allocated(training, key):
+    import tracemalloc
+
+    preset = preset_for(training=training, output={"checkpoint_every": 1, "sample_every": 1})
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError) as raised:
+            build_step_plan(preset, num_images=7)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert raised.value.key == key and "10,000,000" in str(raised.value) and "\n" not in str(raised.value)
+    assert peak < 1_000_000  # bytes: refused on the numbers, no array or step list of that length exists
+
+
+def test_a_plan_at_the_cap_keeps_its_checkpoint_and_sample_steps_small():
+    import tracemalloc
+
+    preset = preset_for(training={"epochs": None, "max_steps": MAX_TOTAL_STEPS},
+                        output={"checkpoint_every": 1, "sample_every": 1})
+    tracemalloc.start()
+    try:
+        plan = build_step_plan(preset, num_images=7)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert plan.total_steps == MAX_TOTAL_STEPS
+    assert len(plan.checkpoint_steps) == len(plan.sample_steps) == MAX_TOTAL_STEPS
+    assert 1 in plan.checkpoint_steps and MAX_TOTAL_STEPS in plan.checkpoint_steps
+    assert MAX_TOTAL_STEPS + 1 not in plan.checkpoint_steps and 0 not in plan.sample_steps
+    assert list(plan.checkpoint_steps[-2:]) == [MAX_TOTAL_STEPS - 1, MAX_TOTAL_STEPS]
+    assert peak < 1_000_000  # bytes, against ~400 MB for ten million Python ints in a tuple
+
+
+# --- piecewise boundaries past the end ------------------------------------------------------------------------------
+
+def test_a_piecewise_boundary_past_the_end_of_the_run_is_a_warning():
+    preset = preset_for(training={"epochs": 2}, scheduler={
+        "type": "piecewise_constant", "steps": [[0, 1.0], [5, 0.5], ["1.5 epochs", 0.2], [14, 0.1], [100, 0.01]]})
+    plan = build_step_plan(preset, num_images=7)  # 7 steps per epoch: T = 14, so steps 14 and 100 never come
+    assert [warning for warning in plan.warnings if "scheduler.steps" in warning] == [
+        "scheduler.steps: the boundary at step 14 (multiplier 0.1) is at or past the end of the run (14 steps): "
+        "it and 1 more never take effect"]
+    inside = preset_for(training={"epochs": 2}, scheduler={"type": "piecewise_constant", "steps": [[0, 1.0], [13, 0.5]]})
+    assert not any("scheduler.steps" in warning for warning in build_step_plan(inside, num_images=7).warnings)

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -51,6 +52,26 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert result.stderr.startswith("train.py: error: training.batch_sise") and "batch_size" in result.stderr
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["--stop-at-step", "0"], "--stop-at-step: expected a whole number >= 1, got 0"),
+    (["--stop-at-step", "-1"], "--stop-at-step: expected a whole number >= 1, got -1"),
+    (["--stop-at-step", "abc"], "--stop-at-step: expected a whole number >= 1, got 'abc'"),
+    (["--rebase-schedule"], "--rebase-schedule only applies with --resume"),
+    (["--set", "training.epochs=1000000000000"], "training.epochs: "),
+    (["--set", "training.max_steps=1e9"], "training.max_steps: "),
+    (["--set", "training.seed=18446744073709551616"], "18446744073709551615"),
+    (["--set", "optimizer.lr=Infinity"], "optimizer.lr: must be a finite number"),
+    (["--set", "output.dir={tmp}/preset.json"], "output.dir: "),
+])
+def test_bad_arguments_and_values_are_one_line_and_exit_2_before_training(tmp_path, args, fragment):
+    preset = write_preset(tmp_path)
+    result = run(train_command(preset, *(arg.format(tmp=tmp_path) for arg in args)))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+    assert result.stderr.startswith("train.py: error: ") and fragment in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_unreadable_image_exits_2_naming_the_file(tmp_path):
     preset = write_preset(tmp_path)
     broken = tmp_path / "images_7" / "image_0002.png"
@@ -96,14 +117,19 @@ def test_sigterm_then_sigkill_mid_checkpoint_then_resume_equals_a_straight_run(t
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
-    assert f"to resume: python scripts/train.py {preset} --resume" in stdout
+    resume_lines = [line for line in stdout.splitlines() if "resume with: " in line]
+    assert len(resume_lines) == 1 and "to resume" not in stdout  # one command, not two
+    printed = resume_lines[0].split("resume with: ", 1)[1]
+    assert printed == shlex.join([os.path.relpath(sys.executable, ROOT), "scripts/train.py", str(preset),
+                                  "--resume", "--no-progress"])
     stopped_at = newest_step(output)
     assert 2 <= stopped_at < total
 
-    # 2. SIGKILL while a later checkpoint is being written (a random one).
+    # 2. The printed command, run as a shell would run it, without the virtual environment on PATH; SIGKILL while a later
+    #    checkpoint is being written (a random one).
     target = stopped_at + random.randint(2, 8)
-    process = subprocess.Popen(train_command(preset, "--resume"), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env=environment(), cwd=ROOT)
+    process = subprocess.Popen(shlex.split(printed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**environment(), "PATH": "/usr/bin:/bin", "VIRTUAL_ENV": ""}, cwd=ROOT)
 
     def writing_target() -> bool:
         try:
@@ -158,8 +184,13 @@ def test_two_cpu_processes_follow_the_plan_and_resume_exactly(tmp_path):
 
     second = run(accelerate_launch(stopped, "--stop-at-step", 2), timeout=180)
     assert second.returncode == 0, second.stderr
-    assert "to resume: accelerate launch --num_processes 2 scripts/train.py" in second.stdout
-    third = run(accelerate_launch(stopped, "--resume"), timeout=180)
+    resume_lines = [line for line in second.stdout.splitlines() if "resume with: " in line]
+    assert len(resume_lines) == 1 and "to resume" not in second.stdout
+    printed = shlex.split(resume_lines[0].split("resume with: ", 1)[1])
+    # The launcher line as it was really run (with --cpu), this script, the preset, --resume.
+    assert printed == [os.path.relpath(ACCELERATE, ROOT), *accelerate_launch(stopped)[1:-3], "scripts/train.py",
+                       str(stopped), "--resume", "--no-progress"]
+    third = run(printed, timeout=180)
     assert third.returncode == 0, third.stderr
     assert "at step 2 of 6" in third.stdout
     assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "stopped"))

@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +245,38 @@ def load_checkpoint(folder: Path, rank: int) -> LoadedCheckpoint:
     rng_states = [load_torch_file(folder / paths.rng_state_file(index)) for index in range(state.num_processes)]
     rng = rng_states[rank] if rank < len(rng_states) else load_torch_file(folder / paths.rng_state_file(rank))
     return LoadedCheckpoint(folder, state, weights, optimizer, rng)
+
+
+# --- the LR curve a rebased run followed before its resume step --------------------------------
+
+
+def earlier_lr_rows(output_dir: Path, folder: Path, state: TrainingState, header: str):
+    """Text rows 0 .. global_step - 1 of the curve the run followed until its checkpoint `folder`.
+
+    From output.dir/lr_plan.csv as it stands (so a run rebased twice keeps each stretch), when it
+    has those rows under the same header; otherwise recomputed from the checkpoint's config.
+    """
+    steps = state.global_step
+    csv_path = Path(output_dir) / paths.LR_PLAN_CSV
+    try:
+        with open(csv_path, encoding="utf-8") as handle:
+            usable = handle.readline().rstrip("\n") == header and sum(1 for _ in islice(handle, steps)) == steps
+    except OSError:
+        usable = False
+    if usable:
+        def rows():
+            with open(csv_path, encoding="utf-8") as handle:
+                handle.readline()
+                yield from islice(handle, steps)
+        return rows()
+    from modules.config import validate_preset
+    from modules.lr_curve import build_lr_curve
+    from modules.step_plan import build_step_plan
+
+    config_path = _required_file(Path(folder) / paths.CONFIG_FILE)
+    try:
+        preset = validate_preset(json.loads(config_path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"checkpoint file '{config_path}' cannot be read: {str(error).splitlines()[0]}") from None
+    earlier = build_lr_curve(build_step_plan(preset, num_images=state.plan_identity["images"]), preset.optimizer)
+    return earlier.csv_blocks(0, steps)

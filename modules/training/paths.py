@@ -18,6 +18,8 @@ place; names starting with "." are never resumed from.
 
 from pathlib import Path
 
+from modules.errors import ConfigError
+
 LR_PLAN_CSV = "lr_plan.csv"
 TENSORBOARD_DIR = "tensorboard"
 SAMPLES_DIR = "samples"
@@ -55,3 +57,14 @@ def rng_state_file(rank: int) -> str:
 
 def sample_file(global_step: int, index: int) -> str:
     return f"{checkpoint_name(global_step)}-{index}.png"
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """ConfigError (key output.dir) when output.dir, or a folder above it, exists but is not a folder."""
+    for path in (Path(output_dir), *Path(output_dir).parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "output.dir" if path == Path(output_dir) else f"'{path}' (a folder above it)"
+                raise ConfigError(f"'{output_dir}' cannot be the output folder: {what} is a file, not a folder",
+                                  "output.dir")
+            return

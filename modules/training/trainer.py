@@ -31,7 +31,9 @@ Contract (SPEC §1, §2, §4, §5, §6):
 """
 
 import os
+import shlex
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -99,7 +101,9 @@ def make_accelerator(preset: Preset):
 
 
 def resume_command(checkpoint: Path, num_processes: int) -> str:
-    launcher = f"accelerate launch --num_processes {num_processes} " if num_processes > 1 else "python "
+    """A command that continues from `checkpoint` (callers that know the real command line pass their own)."""
+    interpreter = shlex.quote(sys.executable)
+    launcher = f"accelerate launch --num_processes {num_processes} " if num_processes > 1 else f"{interpreter} "
     return f"{launcher}scripts/train.py {checkpoint / paths.CONFIG_FILE} --resume {checkpoint}"
 
 
@@ -144,11 +148,17 @@ def _replace_folder(temporary: Path, final: Path) -> None:
 def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_schedule: bool = False,
           on_step: Callable[[StepReport], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
-          log: Callable[[str], None] = print, progress_bar: bool = True) -> TrainResult:
-    """Train `preset` for its plan's T optimizer steps (or resume); see the module docstring."""
+          log: Callable[[str], None] = print, progress_bar: bool = True,
+          resume_command_for: Callable[[Path], str] | None = None) -> TrainResult:
+    """Train `preset` for its plan's T optimizer steps (or resume); see the module docstring.
+
+    `resume_command_for(checkpoint)` gives the command printed (and returned) when stopped early
+    (the CLI passes the command line it was really started with); default: `resume_command`.
+    """
     plan = build_step_plan(preset)
     curve = build_lr_curve(plan, preset.optimizer)
     output_dir = Path(preset.output.dir)
+    paths.check_output_dir(output_dir)
     total_steps = plan.total_steps
     seed = preset.training.seed
 
@@ -169,7 +179,7 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
         _refuse_to_overwrite(output_dir)
     loaded = checkpoints.load_checkpoint(folder, rank) if folder is not None else None
     if loaded is not None:
-        changes = describe_changes(loaded.state.plan_identity, plan.identity())
+        changes = describe_changes(loaded.state.plan_identity, curve.identity())
         if changes and not rebase_schedule:
             raise ConfigError(
                 f"checkpoint '{folder}' was written for a different plan: {'; '.join(changes)} "
@@ -226,7 +236,11 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
     tensorboard = None
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        curve.write_csv(output_dir / paths.LR_PLAN_CSV)
+        if loaded is not None and changes:  # rebased: the steps before global_step followed the old plan
+            earlier = checkpoints.earlier_lr_rows(output_dir, folder, loaded.state, curve.csv_header)
+            curve.write_csv(output_dir / paths.LR_PLAN_CSV, from_step=global_step, earlier=earlier)
+        else:
+            curve.write_csv(output_dir / paths.LR_PLAN_CSV)
         checkpoints.remove_temporary_checkpoints(output_dir)
         from modules.training.tensorboard_log import TensorBoardLog
 
@@ -256,7 +270,7 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
             global_step=step, epoch=epoch, step_in_epoch=step_in_epoch,
             micro_batch_in_epoch=step_in_epoch * plan.gradient_accumulation_steps, seed=seed,
             total_steps=total_steps, num_processes=world, plan_fingerprint=plan.fingerprint,
-            plan_identity=plan.identity(),
+            plan_identity=curve.identity(),
         )
         return checkpoints.save_checkpoint(
             output_dir, state, rank=rank, is_main=is_main, barrier=accelerator.wait_for_everyone,
@@ -289,8 +303,8 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
 
     bar = tqdm(total=total_steps, initial=global_step, disable=not (progress_bar and is_main),
                unit="step", dynamic_ncols=True)
-    checkpoint_steps = set(plan.checkpoint_steps) | {total_steps}
-    sample_steps = set(plan.sample_steps)
+    checkpoint_steps = plan.checkpoint_steps  # the last step included; membership is arithmetic, not a set
+    sample_steps = plan.sample_steps
     micro_batches_per_epoch = plan.micro_batches_per_epoch
     last_checkpoint = folder
     first_step, started = global_step, time.perf_counter()
@@ -354,7 +368,8 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
                 last_checkpoint = save_checkpoint(global_step)
                 say_to_bar(bar, say, f"checkpoint: {last_checkpoint}")
             if stop and global_step < total_steps:
-                command = resume_command(last_checkpoint, world)
+                command = (resume_command_for(last_checkpoint) if resume_command_for is not None
+                           else resume_command(last_checkpoint, world))
                 say_to_bar(bar, say, f"stopped at step {global_step} of {total_steps}; resume with: {command}")
                 return TrainResult(output_dir, global_step, total_steps, False, last_checkpoint, command)
     finally:
