@@ -11,7 +11,8 @@ Contract (SPEC §1, §2, §4, §5, §6):
   epochs). Gradients are synchronised between processes only on the last
   micro-batch of a window. `training.max_steps` stops mid-epoch.
 - Noise, timesteps and flips come from generators seeded with (seed, global
-  micro-batch index, rank); the data order from (seed, epoch). A resumed run
+  micro-batch index, rank); the data order from (seed, epoch); the global torch
+  RNG (LoRA dropout) is seeded from (seed, rank) when a run starts. A resumed run
   therefore repeats the uninterrupted run bit for bit on CPU; the global RNG
   states (python, numpy, torch, cuda) are still saved and restored per rank.
 - Only the main process writes TensorBoard, lr_plan.csv, samples, checkpoints
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from modules.config import DEFAULT_GROUP_NAME, Preset
@@ -220,6 +222,8 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
         if accelerator.scaler is not None and "scaler" in loaded.optimizer:
             accelerator.scaler.load_state_dict(loaded.optimizer["scaler"])
         checkpoints.restore_rng_state(loaded.rng)
+    else:  # what draws from the global torch RNG (LoRA dropout) starts from (seed, rank); a resume restores it
+        torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0] >> 1))
     global_step = loaded.state.global_step if loaded is not None else 0
     group_names = list(curve.group_names)
 

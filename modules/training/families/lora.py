@@ -46,7 +46,7 @@ def check_targets(module: torch.nn.Module, targets, what: str, key: str) -> None
     for target in targets:
         if not any(name == target or name.endswith("." + target) for name in names):
             leaves = sorted({name.rsplit(".", 1)[-1] for name, child in module.named_modules()
-                             if isinstance(child, (torch.nn.Linear, torch.nn.Conv2d))})
+                             if isinstance(child, (torch.nn.Linear, torch.nn.Conv2d))} - {str(n) for n in range(10)})
             raise ConfigError(f"{target!r} matches no module of the {what} (its layers include: "
                               f"{', '.join(leaves[:12])})", key)
 

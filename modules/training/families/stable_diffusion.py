@@ -30,6 +30,7 @@
   trainable parameters fp32 (`cast_training_params`); the VAE stays fp32.
 """
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -50,6 +51,24 @@ SAMPLE_INFERENCE_STEPS = 20
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+@contextmanager
+def _quiet_loading():
+    """No per-component loading bars from diffusers / transformers: the trainer has its own progress output."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    shown = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown[0]:
+            diffusers_logging.enable_progress_bar()
+        if shown[1]:
+            transformers_logging.enable_progress_bar()
 
 
 class TextToImageLossModel(torch.nn.Module):
@@ -149,8 +168,8 @@ class StableDiffusionFamily(Family):
         cls.check_folder(folder)
         pipeline_class = getattr(diffusers, cls.PIPELINE_CLASS)
         try:
-            pipeline = pipeline_class.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32,
-                                                      **cls.OPTIONAL_NONE)
+            with _quiet_loading():
+                pipeline = pipeline_class.from_pretrained(folder, local_files_only=True, **cls.OPTIONAL_NONE)
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as error:
             raise ConfigError(f"cannot load the {cls.PIPELINE_CLASS} in '{folder}': {_first_line(error)}",
                               "model.path") from None
