@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from modules.config import save_preset, validate_preset
+from modules.errors import ConfigError
 from modules.lr_curve import read_lr_csv
 from modules.preview import build_preview
 from modules.training import train
@@ -396,3 +397,17 @@ def test_bad_text_to_image_input_is_one_line_and_exit_2(tmp_path, pipelines, cap
     unet_file.write_text(json.dumps({"model": {"path": str(ddpm_folder), "resolution": 8},
                                      "data": {"path": str(captioned)}, "optimizer": {"text_encoder_lr": 1e-4}}))
     assert "no text encoder" in run_bad(train_cli, capsys, unet_file)  # model.type auto, read from the folder
+
+
+def test_resuming_with_other_lora_settings_is_refused_and_keeps_the_checkpoint(tmp_path, pipelines, captioned):
+    preset = text_preset(tmp_path, pipelines, captioned, "stable_diffusion", training={"max_steps": 4})
+    reports = []
+    stopped = quiet(preset, on_step=reports.append, should_stop=lambda: len(reports) >= 2)
+    assert not stopped.finished and stopped.checkpoint.is_dir()
+
+    for method, changed in (("lora", {"lora": {"rank": 8, "alpha": ALPHA}}), ("full", {})):
+        other = text_preset(tmp_path, pipelines, captioned, "stable_diffusion", method,
+                            training={"max_steps": 4}, **changed)
+        with pytest.raises(ConfigError, match="do not fit the model"):
+            quiet(other, resume=True)
+    assert quiet(preset, resume=True).finished  # the checkpoint is intact
