@@ -47,11 +47,16 @@ SchedulerType = Literal[
 ]
 OptimizerType = Literal["adamw", "sgd", "adamw_schedule_free", "radam_schedule_free"]
 ModelConfigName = Literal["tiny"]
+ModelType = Literal["auto", "unet", "stable_diffusion", "stable_diffusion_xl"]
+TrainingMethod = Literal["full", "lora"]
 
 # The allowed values, declared once above and listed here for the GUI and the tests.
 SCHEDULER_TYPES: tuple[str, ...] = get_args(SchedulerType)
 OPTIMIZER_TYPES: tuple[str, ...] = get_args(OptimizerType)
 MODEL_CONFIGS: tuple[str, ...] = get_args(ModelConfigName)
+MODEL_TYPES: tuple[str, ...] = get_args(ModelType)
+TRAINING_METHODS: tuple[str, ...] = get_args(TrainingMethod)
+DEFAULT_LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 SCHEDULE_FREE_OPTIMIZERS = ("adamw_schedule_free", "radam_schedule_free")
 DEFAULT_GROUP_NAME = "unet"
 
@@ -118,6 +123,7 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
+    type: ModelType = "auto"
     path: str | None = None
     config: ModelConfigName | None = None
     resolution: int = Field(32, ge=8, le=4096)
@@ -127,6 +133,8 @@ class ModelSection(Section):
     def _one_source(self):
         if self.path and self.config:
             raise ConfigError("set either model.path or model.config, not both", "model.path")
+        if self.config and self.type not in ("auto", "unet"):
+            raise ConfigError(f"built-in model.config '{self.config}' is a unet model, not {self.type}", "model.type")
         if self.resolution % 8:
             raise ConfigError(f"must be a multiple of 8, got {self.resolution}", "model.resolution")
         return self
@@ -142,6 +150,9 @@ class DataSection(Section):
     repeats: int = Field(1, ge=1)
     drop_last: bool = False
     flip: bool = False
+    caption_extension: str = Field(".txt", min_length=1)
+    default_caption: str | None = None
+    caption_dropout: float = Field(0.0, ge=0, le=1)
 
 
 class TrainingSection(Section):
@@ -154,6 +165,9 @@ class TrainingSection(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
     max_grad_norm: float | None = Field(None, gt=0)
+    method: TrainingMethod = "full"
+    min_snr_gamma: float | None = Field(None, gt=0)
+    noise_offset: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _has_length(self):
@@ -176,6 +190,18 @@ class ParamGroup(Section):
         return self
 
 
+class LoraSection(Section):
+    rank: int = Field(16, ge=1)
+    alpha: float | None = Field(None, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES), min_length=1)
+
+    @property
+    def resolved_alpha(self) -> float:
+        """lora.alpha, or the rank when it is null (scale alpha / rank = 1)."""
+        return float(self.rank if self.alpha is None else self.alpha)
+
+
 class OptimizerSection(Section):
     type: OptimizerType = "adamw"
     lr: float = Field(1e-4, gt=0)
@@ -184,6 +210,8 @@ class OptimizerSection(Section):
     eps: float = Field(1e-8, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     param_groups: list[ParamGroup] = Field(default_factory=list)
+    text_encoder_lr: float | None = Field(None, gt=0)
+    text_encoder_stop_after: OptionalDuration = None
 
     @model_validator(mode="after")
     def _groups(self):
@@ -260,6 +288,7 @@ class OutputSection(Section):
     checkpoint_every: OptionalDuration = "1 epochs"
     keep_checkpoints: int = Field(3, ge=1)
     sample_every: OptionalDuration = None
+    sample_prompts: list[str] = Field(default_factory=list)
 
 
 class Preset(Section):
@@ -268,11 +297,28 @@ class Preset(Section):
     data: DataSection = Field(default_factory=DataSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
     output: OutputSection = Field(default_factory=OutputSection)
 
     @model_validator(mode="after")
     def _combinations(self):
+        # A resolved preset holds the lora section's defaults, so only values other than the defaults count.
+        changed = [key for key in LoraSection.model_fields if getattr(self.lora, key) != getattr(LoraSection(), key)]
+        if self.training.method == "full" and changed:
+            first = changed[0]
+            raise ConfigError(f"is a LoRA option, but training.method is 'full' (set training.method to 'lora' "
+                              "or remove the lora section)", f"lora.{first}")
+        if self.optimizer.text_encoder_stop_after is not None and self.optimizer.text_encoder_lr is None:
+            raise ConfigError("needs optimizer.text_encoder_lr (the text encoders are frozen without it)",
+                              "optimizer.text_encoder_stop_after")
+        if self.model.type == "unet" or self.model.config:
+            if self.optimizer.text_encoder_lr is not None:
+                raise ConfigError("is for stable_diffusion and stable_diffusion_xl models; a unet model has no "
+                                  "text encoder", "optimizer.text_encoder_lr")
+            if self.training.method == "lora":
+                raise ConfigError("'lora' needs a stable_diffusion or stable_diffusion_xl model (model.type)",
+                                  "training.method")
         if self.optimizer.type in SCHEDULE_FREE_OPTIMIZERS:
             if self.scheduler.type != "constant":
                 raise ConfigError(

@@ -6,7 +6,9 @@
     effective_lr[g][k] = base_lr[g] * effective_multipliers(k)  what the optimizer really uses (preview, TensorBoard)
 
 The two differ only for schedule-free optimizers (see `modules.schedules`).
-Steps past the plan read the last step's value.
+Steps past the plan read the last step's value. A group with a stop step
+(the text encoders with `optimizer.text_encoder_stop_after`, SPEC §7) has
+LR 0 from that step on, in both.
 """
 
 import os
@@ -29,6 +31,11 @@ class LrCurve:
     plan: StepPlan
     group_names: tuple[str, ...]
     base_lrs: tuple[float, ...]
+    stop_steps: tuple[int | None, ...] = ()   # per group: LR 0 from this step on (None: never); () = none
+
+    def _stopped(self, step: int) -> list[bool]:
+        stops = self.stop_steps or (None,) * len(self.base_lrs)
+        return [stop is not None and step >= stop for stop in stops]
 
     @cached_property
     def applied_multipliers(self) -> np.ndarray:
@@ -41,15 +48,19 @@ class LrCurve:
     def applied_lrs(self, step: int) -> list[float]:
         """The lr to write into each param group before optimizer step `step`."""
         factor = float(self.applied_multipliers[min(step, self.plan.total_steps - 1)])
-        return [base * factor for base in self.base_lrs]
+        return [0.0 if stopped else base * factor for base, stopped in zip(self.base_lrs, self._stopped(step))]
 
     def effective_lrs(self, step: int) -> list[float]:
         factor = float(self.effective_multipliers[min(step, self.plan.total_steps - 1)])
-        return [base * factor for base in self.base_lrs]
+        return [0.0 if stopped else base * factor for base, stopped in zip(self.base_lrs, self._stopped(step))]
 
     def effective_table(self) -> np.ndarray:
         """Shape (T, groups): the effective LR of each group at each step."""
-        return np.outer(self.effective_multipliers, np.asarray(self.base_lrs, dtype=np.float64))
+        table = np.outer(self.effective_multipliers, np.asarray(self.base_lrs, dtype=np.float64))
+        for column, stop in enumerate(self.stop_steps):
+            if stop is not None:
+                table[stop:, column] = 0.0
+        return table
 
     def identity(self) -> dict:
         """The plan's identity and each group's base LR: what a resumed run must share (JSON-ready)."""
@@ -90,7 +101,12 @@ class LrCurve:
 
 
 def build_lr_curve(plan: StepPlan, optimizer: OptimizerSection) -> LrCurve:
-    return LrCurve(plan, tuple(optimizer.group_names), tuple(optimizer.base_lrs))
+    # Text-encoder groups (SPEC §7) follow the named groups and 'unet', at text_encoder_lr.
+    encoders = plan.text_encoder_groups
+    names = tuple(optimizer.group_names) + tuple(encoders)
+    base_lrs = tuple(optimizer.base_lrs) + (optimizer.text_encoder_lr,) * len(encoders)
+    stops = (None,) * len(optimizer.group_names) + (plan.text_encoder_stop_steps,) * len(encoders)
+    return LrCurve(plan, names, base_lrs, stops)
 
 
 def read_lr_csv(path) -> tuple[list[str], np.ndarray]:

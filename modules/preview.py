@@ -9,7 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modules.captions import summarize_captions
 from modules.config import Preset
+from modules.image_listing import list_images
+from modules.model_types import TEXT_TO_IMAGE_TYPES
 from modules.lr_curve import LrCurve, build_lr_curve
 from modules.step_plan import StepPlan, build_step_plan
 
@@ -42,6 +45,7 @@ class Preview:
             plan.summary(),
             f"  images            {plan.num_images} x {plan.repeats} repeat{'s' * (plan.repeats != 1)} = "
             f"{plan.samples_per_epoch} samples per epoch",
+            *self.caption_lines(),
             f"  micro-batches     {plan.micro_batches_per_epoch} per epoch per process "
             f"(batch {plan.batch_size}{processes}{drop})",
             f"  steps per epoch   {plan.steps_per_epoch} (accumulation {plan.gradient_accumulation_steps})",
@@ -61,6 +65,15 @@ class Preview:
             lines.append("warnings:")
             lines.extend(f"  - {warning}" for warning in plan.warnings)
         return lines
+
+
+    def caption_lines(self) -> list[str]:
+        """Text-to-image models: how many images have a caption file (the plan itself never depends on it)."""
+        data = self.preset.data
+        if self.plan.model_type not in TEXT_TO_IMAGE_TYPES or not data.path:
+            return []
+        summary = summarize_captions(list_images(data.path), data.caption_extension)
+        return [f"  captions          {summary.describe(data.default_caption)}"]
 
 
 def build_preview(preset: Preset, num_images: int | None = None) -> Preview:

@@ -34,6 +34,7 @@ from modules.config import DEFAULT_GROUP_NAME, SCHEDULE_FREE_OPTIMIZERS, Preset
 from modules.durations import parse_duration
 from modules.errors import ConfigError
 from modules.image_listing import list_images
+from modules.model_types import resolve_model_type, text_encoder_groups
 from modules.schedules import ResolvedSchedule, cycle_starts
 
 TRANSFORMERS_DEFAULT_TIMESCALE = 10_000
@@ -104,6 +105,9 @@ class StepPlan:
     checkpoint_steps: Sequence[int] = ()  # IntervalSteps: every checkpoint_every, and always the last step
     sample_steps: Sequence[int] = ()
     warnings: tuple[str, ...] = field(default=())
+    model_type: str = "unet"                       # modules.model_types: the family this plan trains
+    text_encoder_groups: tuple[str, ...] = ()      # the text-encoder param groups that train (SPEC §7)
+    text_encoder_stop_steps: int | None = None     # from this optimizer step on they train at LR 0
 
     # --- derived views ---------------------------------------------------------
 
@@ -158,6 +162,9 @@ class StepPlan:
             "max_steps": self.max_steps,
             "total_steps": self.total_steps,
             "schedule": asdict(self.schedule),
+            # Only when set, so plans without text-encoder training keep the identity they always had.
+            **({"text_encoder_stop_steps": self.text_encoder_stop_steps}
+               if self.text_encoder_stop_steps is not None else {}),
         }
 
     @property
@@ -308,6 +315,12 @@ def build_step_plan(preset: Preset, num_images: int | None = None) -> StepPlan:
             raise ConfigError(f"must be at least 1 step, got {every} ({value!r})", key)
         return IntervalSteps(every, total, final)
 
+    model_type = resolve_model_type(preset.model)
+    encoder_groups = text_encoder_groups(preset, model_type)
+    text_encoder_stop = None
+    if preset.optimizer.text_encoder_stop_after is not None:
+        text_encoder_stop = steps(preset.optimizer.text_encoder_stop_after, "optimizer.text_encoder_stop_after")
+
     plan = StepPlan(
         num_images=num_images,
         repeats=data.repeats,
@@ -324,6 +337,9 @@ def build_step_plan(preset: Preset, num_images: int | None = None) -> StepPlan:
         schedule=schedule,
         checkpoint_steps=interval_steps(preset.output.checkpoint_every, "output.checkpoint_every", final=True),
         sample_steps=interval_steps(preset.output.sample_every, "output.sample_every"),
+        model_type=model_type,
+        text_encoder_groups=encoder_groups,
+        text_encoder_stop_steps=text_encoder_stop,
     )
     return _with_warnings(plan, preset)
 
@@ -382,6 +398,9 @@ def _with_warnings(plan: StepPlan, preset: Preset) -> StepPlan:
         warnings.append(f"min_factor has no effect with the {schedule.type} schedule")
     if plan.schedule.schedule_free and schedule.min_factor > 0:
         warnings.append("min_factor has no effect with a schedule-free optimizer")
+    if plan.text_encoder_stop_steps is not None and plan.text_encoder_stop_steps >= plan.total_steps:
+        warnings.append(f"optimizer.text_encoder_stop_after ({plan.text_encoder_stop_steps} steps) is not before "
+                        f"the end of the run ({plan.total_steps} steps): the text encoders train throughout")
     if (
         preset.training.max_steps is not None
         and "epochs" in preset.training.model_fields_set

@@ -76,7 +76,8 @@ def test_the_resolved_preset_round_trips_through_json(tmp_path):
     save_preset(preset, path)
     written = json.loads(path.read_text())
     assert written["version"] == PRESET_VERSION
-    assert set(written) == {"version", "model", "data", "training", "optimizer", "scheduler", "output"}
+    assert set(written) == {"version", "model", "data", "training", "optimizer", "lora", "scheduler",
+                            "output"}
     assert load_preset(path) == preset
     assert not list(tmp_path.glob("*.tmp"))
 

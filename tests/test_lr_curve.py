@@ -111,3 +111,34 @@ def test_report_lines_name_the_plan():
     assert "steps per epoch   4 (accumulation 2)" in text
     assert "total steps       12 (3 epochs)" in text
     assert "cycle boundaries  4, 8" in text
+
+
+def test_text_encoder_groups_follow_unet_and_drop_to_zero_at_their_stop(tmp_path):
+    """SPEC §7: groups unet, text_encoder, text_encoder_2 after the named groups; LR 0 from the stop step on."""
+    import json
+
+    from tests.conftest import make_images
+
+    folder = tmp_path / "pipeline"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    preset = validate_preset({
+        "model": {"path": str(folder)}, "data": {"path": str(make_images(tmp_path / "images", 10))},
+        "optimizer": {"lr": 1e-4, "text_encoder_lr": 3e-5, "text_encoder_stop_after": "40%",
+                      "param_groups": [{"name": "attention", "match": "attn", "lr": 2e-4}]},
+        "scheduler": {"type": "cosine", "warmup": 2},
+    })
+    plan = build_step_plan(preset)
+    curve = build_lr_curve(plan, preset.optimizer)
+    assert plan.model_type == "stable_diffusion_xl" and plan.text_encoder_stop_steps == 4
+    assert curve.group_names == ("attention", "unet", "text_encoder", "text_encoder_2")
+    table = curve.effective_table()
+    assert (table[4:, 2:] == 0).all() and (table[1:4, 2:] > 0).all() and (table[4:, :2] > 0).all()
+    np.testing.assert_allclose(table[:4, 2], table[:4, 1] * 0.3, rtol=1e-12)  # 3e-5 vs 1e-4 * 0.3: not one computation
+    for step in range(1, plan.total_steps):  # step 0 is the warmup's LR 0
+        lrs = curve.applied_lrs(step)
+        assert lrs[2:] == [0.0, 0.0] if step >= 4 else min(lrs) > 0
+    assert plan.identity()["text_encoder_stop_steps"] == 4
+    frozen = validate_preset({**preset.to_json_dict(), "optimizer": {"lr": 1e-4}})
+    assert build_lr_curve(build_step_plan(frozen), frozen.optimizer).group_names == ("unet",)
+    assert "text_encoder_stop_steps" not in build_step_plan(frozen).identity()

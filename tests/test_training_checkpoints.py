@@ -24,6 +24,7 @@ def write_fake_checkpoint(output, step: int, keep: int = 10):
                                       plan_identity={"total_steps": 100})
 
     def save_weights(target):
+        target = target / paths.UNET_DIR
         target.mkdir()
         (target / "config.json").write_text("{}")
         from safetensors.torch import save_file

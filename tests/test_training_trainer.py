@@ -55,10 +55,10 @@ def test_optimizer_steps_equal_the_plan(tmp_path, count_optimizer_steps, monkeyp
                                                             "epochs": epochs, **extra})
     plan = build_step_plan(preset)
     micro_batches = []
-    import modules.training.trainer as trainer
+    import modules.training.families.unet as unet_family
 
-    real_target = trainer.training_target
-    monkeypatch.setattr(trainer, "training_target", lambda *args: micro_batches.append(1) or real_target(*args))
+    real_target = unet_family.training_target
+    monkeypatch.setattr(unet_family, "training_target", lambda *args: micro_batches.append(1) or real_target(*args))
     reports: list[StepReport] = []
 
     result = quiet(preset, on_step=reports.append)
@@ -196,17 +196,19 @@ def test_unreadable_image_is_reported_by_path_before_training(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_final_model_loads_with_diffusers_and_holds_the_trained_weights(tmp_path):
-    from diffusers import UNet2DModel
+def test_final_model_is_a_ddpm_pipeline_that_diffusers_loads_with_the_trained_weights(tmp_path):
+    from diffusers import DDPMPipeline
 
-    preset = tiny_preset(tmp_path)
+    preset = tiny_preset(tmp_path, model={"prediction_type": "v_prediction"})
     quiet(preset)
 
-    model = UNet2DModel.from_pretrained(tmp_path / "out" / "model")
-    state = {name: value for name, value in model.state_dict().items()}
+    pipeline = DDPMPipeline.from_pretrained(tmp_path / "out" / "model")
+    state = {name: value for name, value in pipeline.unet.state_dict().items()}
     assert_same_weights(state, final_weights(tmp_path / "out"))
-    output = model(torch.zeros(1, 3, 8, 8), torch.tensor([10])).sample
-    assert output.shape == (1, 3, 8, 8)
+    assert pipeline.scheduler.config.prediction_type == "v_prediction"
+    images = pipeline(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                      output_type="np").images
+    assert images.shape == (1, 8, 8, 3)
 
 
 def test_world_size_different_from_num_processes_stops_before_training(tmp_path):
@@ -268,7 +270,7 @@ def test_model_folder_with_a_v_prediction_scheduler(tmp_path):
     assert build_noise_scheduler(preset).config.num_train_timesteps == 100
     result = quiet(preset)
     assert result.finished
-    trained = UNet2DModel.from_pretrained(tmp_path / "out" / "model")
+    trained = UNet2DModel.from_pretrained(tmp_path / "out" / "model", subfolder="unet")
     original = UNet2DModel.from_pretrained(pipeline_folder / "unet")
     assert not torch.equal(trained.conv_in.weight, original.conv_in.weight)
 
@@ -280,12 +282,11 @@ def test_model_folder_with_a_v_prediction_scheduler(tmp_path):
 
 def test_each_window_is_normalised_by_the_micro_batches_it_really_holds(tmp_path, monkeypatch):
     """7 images, accumulation 3: windows of 3, 3 and 1 micro-batches; each loss is divided by its window."""
+    import torch.nn.functional as F
     from accelerate import Accelerator
 
-    import modules.training.trainer as trainer
-
     losses, backward_losses = [], []
-    real_mse, real_backward = trainer.F.mse_loss, Accelerator.backward
+    real_mse, real_backward = F.mse_loss, Accelerator.backward
 
     def mse_loss(*args, **kwargs):
         value = real_mse(*args, **kwargs)
@@ -296,7 +297,7 @@ def test_each_window_is_normalised_by_the_micro_batches_it_really_holds(tmp_path
         backward_losses.append(loss.item())
         return real_backward(self, loss, **kwargs)
 
-    monkeypatch.setattr(trainer.F, "mse_loss", mse_loss)
+    monkeypatch.setattr(F, "mse_loss", mse_loss)
     monkeypatch.setattr(Accelerator, "backward", backward)
     reports = []
     quiet(tiny_preset(tmp_path, training={"gradient_accumulation_steps": 3, "epochs": 2}), on_step=reports.append)

@@ -30,7 +30,7 @@ def tiny_preset(tmp_path: Path, images: int = 7, out: str = "out", **sections):
 
 
 def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(Path(output_dir) / "model" / "diffusion_pytorch_model.safetensors")
+    return load_file(Path(output_dir) / "model" / "unet" / "diffusion_pytorch_model.safetensors")
 
 
 def assert_same_weights(left: dict, right: dict) -> None:

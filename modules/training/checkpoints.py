@@ -95,8 +95,8 @@ def write_rng_state(folder: Path, rank: int) -> None:
 
 def write_checkpoint_files(folder: Path, *, save_weights, optimizer_state: dict, state: TrainingState,
                            config: dict) -> None:
-    """The main process's files. `save_weights(folder)` writes a save_pretrained folder."""
-    save_weights(folder / paths.UNET_DIR)
+    """The main process's files. `save_weights(folder)` writes the model family's trainable weights into it."""
+    save_weights(folder)
     torch.save(optimizer_state, folder / paths.OPTIMIZER_FILE)
     (folder / paths.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     # training_state.json last: a folder holding it has every other file.
@@ -109,7 +109,8 @@ def save_checkpoint(output_dir: Path, state: TrainingState, *, rank: int, is_mai
 
     `barrier()` waits for every process; `optimizer_state()` (main process only)
     returns the dict for optimizer.pt; `save_weights(folder)` writes the
-    save_pretrained folder (the caller wraps it in the schedule-free eval switch).
+    trainable weights into the checkpoint folder (the caller wraps it in the
+    schedule-free eval switch).
     """
     step = state.global_step
     temporary = paths.temporary_checkpoint_dir(output_dir, step)
@@ -208,8 +209,14 @@ def _required_file(path: Path) -> Path:
 
 
 def load_weights(folder: Path) -> dict[str, torch.Tensor]:
-    path = _required_file(Path(folder) / paths.UNET_DIR / paths.WEIGHTS_FILE)
+    """The `unet/` save_pretrained folder of a checkpoint (the unet family's weights)."""
     _required_file(Path(folder) / paths.UNET_DIR / "config.json")
+    return load_safetensors(Path(folder) / paths.UNET_DIR / paths.WEIGHTS_FILE)
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file; ConfigError naming it when missing or unreadable."""
+    path = _required_file(Path(path))
     try:
         return load_file(path)
     except Exception as error:  # safetensors raises its own error types for truncated files
@@ -233,13 +240,16 @@ class LoadedCheckpoint:
     rng: dict
 
 
-def load_checkpoint(folder: Path, rank: int) -> LoadedCheckpoint:
-    """Read and check every file of `folder` for process `rank`; nothing is applied yet."""
+def load_checkpoint(folder: Path, rank: int, read_weights=load_weights) -> LoadedCheckpoint:
+    """Read and check every file of `folder` for process `rank`; nothing is applied yet.
+
+    `read_weights(folder)` reads the trainable weights (the model family's `read_checkpoint_weights`).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"checkpoint folder '{folder}' does not exist")
     state = read_training_state(folder)
-    weights = load_weights(folder)
+    weights = read_weights(folder)
     optimizer = load_torch_file(folder / paths.OPTIMIZER_FILE)
     # Every process checks every process's RNG file, so a damaged one stops all of them alike.
     rng_states = [load_torch_file(folder / paths.rng_state_file(index)) for index in range(state.num_processes)]

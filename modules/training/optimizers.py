@@ -5,7 +5,10 @@ Parameter groups (SPEC §3): a parameter joins the first group of
 the rest form the group `unet` at `optimizer.lr`. Groups are created in
 `preset.optimizer.group_names` order, the order `LrCurve` uses, and carry
 their name in `param_group["name"]`. A named group that matches no parameter
-is a ConfigError.
+is a ConfigError. A model family hands its trainable parameters as components
+[(group, [(name, parameter)])]: the regex groups match inside the `unet`
+component; the others (`text_encoder`, `text_encoder_2`, SPEC §7) are groups of
+their own, after `unet`, at the LR the curve gives them.
 
 Schedule-free optimizers (`schedulefree`): `warmup_steps` is the plan's
 warmup in optimizer steps (AdamW variant; the RAdam variant has none). The
@@ -22,40 +25,56 @@ from modules.config import DEFAULT_GROUP_NAME, SCHEDULE_FREE_OPTIMIZERS
 from modules.errors import ConfigError
 
 
-def param_groups(model: torch.nn.Module, optimizer_section) -> list[dict]:
-    """[{"name", "params", "lr"}] in group_names order; ConfigError for a group with no parameter."""
+def param_groups(model: torch.nn.Module, optimizer_section, components=None, groups=None) -> list[dict]:
+    """[{"name", "params", "lr"}] in group order; ConfigError for a group with no parameter.
+
+    `components`: the family's [(group, [(name, parameter)])] (default: every parameter of `model` in `unet`);
+    `groups`: (names, base LRs) in optimizer order (default: the preset's named groups and `unet`).
+    """
     named = optimizer_section.param_groups
     patterns = [re.compile(group.match) for group in named]
-    members: dict[str, list] = {name: [] for name in optimizer_section.group_names}
-    for parameter_name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        for group, pattern in zip(named, patterns):
-            if pattern.search(parameter_name):
-                members[group.name].append(parameter)
-                break
-        else:
-            members[DEFAULT_GROUP_NAME].append(parameter)
+    names, lrs = groups or (optimizer_section.group_names, optimizer_section.base_lrs)
+    members: dict[str, list] = {name: [] for name in names}
+    if components is None:
+        components = [(DEFAULT_GROUP_NAME, list(model.named_parameters()))]
+    for component, named_parameters in components:
+        for parameter_name, parameter in named_parameters:
+            if not parameter.requires_grad:
+                continue
+            if component != DEFAULT_GROUP_NAME:
+                members[component].append(parameter)
+                continue
+            _assign(parameter_name, parameter, named, patterns, members)
     for index, group in enumerate(named):
         if not members[group.name]:
             raise ConfigError(
                 f"group {group.name!r}: match {group.match!r} is found in no parameter name of the model",
                 f"optimizer.param_groups.{index}.match",
             )
-    return [
-        {"name": name, "params": members[name], "lr": lr}
-        for name, lr in zip(optimizer_section.group_names, optimizer_section.base_lrs)
-    ]
+    return [{"name": name, "params": members[name], "lr": lr} for name, lr in zip(names, lrs)]
+
+
+def _assign(parameter_name, parameter, named, patterns, members) -> None:
+    """Put a UNet parameter into the first named group whose regex it matches, else into `unet`."""
+    for group, pattern in zip(named, patterns):
+        if pattern.search(parameter_name):
+            members[group.name].append(parameter)
+            return
+    members[DEFAULT_GROUP_NAME].append(parameter)
 
 
 def is_schedule_free(optimizer_type: str) -> bool:
     return optimizer_type in SCHEDULE_FREE_OPTIMIZERS
 
 
-def build_optimizer(model: torch.nn.Module, preset, warmup_steps: int) -> torch.optim.Optimizer:
-    """The optimizer of `preset.optimizer` over `model`'s parameter groups (schedule-free ones in train mode)."""
+def build_optimizer(model: torch.nn.Module, preset, warmup_steps: int, components=None,
+                    groups=None) -> torch.optim.Optimizer:
+    """The optimizer of `preset.optimizer` over `model`'s parameter groups (schedule-free ones in train mode).
+
+    `components` and `groups` as in `param_groups`.
+    """
     section = preset.optimizer
-    groups = param_groups(model, section)
+    groups = param_groups(model, section, components, groups)
     if section.type == "adamw":
         return torch.optim.AdamW(groups, lr=section.lr, betas=section.betas, eps=section.eps,
                                  weight_decay=section.weight_decay)

@@ -4,9 +4,12 @@
         lr_plan.csv                      the plan's curve, written at the start of training
         tensorboard/                     SummaryWriter run folder (lr/<group>, loss/train, samples)
         samples/step-XXXXXXXX-N.png      optional samples
-        model/                           the final UNet2DModel (save_pretrained, safetensors)
+        model/                           the final model in diffusers format (see modules.training.families):
+                                         unet: a DDPMPipeline folder; stable_diffusion(_xl): the pipeline
+                                         folder (full) or pytorch_lora_weights + lora_kohya.safetensors (lora)
         checkpoints/step-XXXXXXXX/       one complete checkpoint per folder:
-            unet/                        save_pretrained of the weights (schedule-free: eval-mode weights)
+            unet/                        unet family: save_pretrained of the weights (schedule-free: eval mode)
+            trainable_weights.safetensors  text-to-image families: the trained tensors only (LoRA: adapters)
             optimizer.pt                 optimizer (+ GradScaler, + schedule-free train-mode weights)
             training_state.json          format version, global_step, epoch, position in the epoch, seed, plan
             rng_state_R.pt               python / numpy / torch / cuda RNG state of process rank R
@@ -35,6 +38,7 @@ TRAINING_STATE_FILE = "training_state.json"
 RNG_STATE_FILE = "rng_state_{rank}.pt"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+TRAINABLE_WEIGHTS_FILE = "trainable_weights.safetensors"
 
 TRAINING_STATE_FORMAT_VERSION = 1
 

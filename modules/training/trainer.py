@@ -11,7 +11,8 @@ Contract (SPEC §1, §2, §4, §5, §6):
   epochs). Gradients are synchronised between processes only on the last
   micro-batch of a window. `training.max_steps` stops mid-epoch.
 - Noise, timesteps and flips come from generators seeded with (seed, global
-  micro-batch index, rank); the data order from (seed, epoch). A resumed run
+  micro-batch index, rank); the data order from (seed, epoch); the global torch
+  RNG (LoRA dropout) is seeded from (seed, rank) when a run starts. A resumed run
   therefore repeats the uninterrupted run bit for bit on CPU; the global RNG
   states (python, numpy, torch, cuda) are still saved and restored per rank.
 - Only the main process writes TensorBoard, lr_plan.csv, samples, checkpoints
@@ -28,6 +29,9 @@ Contract (SPEC §1, §2, §4, §5, §6):
   that step on). A finished run is reported and returns finished=True.
 - A fresh run (no resume) refuses an output.dir that already holds a
   complete checkpoint or a final model: nothing of another run is replaced.
+- The model is a family (`modules.training.families`: unet, stable_diffusion,
+  stable_diffusion_xl): the loop calls its loss model, parameter components,
+  checkpoint weights, final model and samples, and never names a model class.
 """
 
 import os
@@ -40,21 +44,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
-from modules.config import Preset
+from modules.config import DEFAULT_GROUP_NAME, Preset
 from modules.errors import ConfigError
 from modules.lr_adapter import set_learning_rates
 from modules.lr_curve import build_lr_curve
 from modules.step_plan import build_step_plan, describe_changes
 from modules.training import checkpoints, paths
 from modules.training.data import build_dataset, torch_generator
-from modules.training.models import build_model, build_noise_scheduler, training_target
+from modules.training.families import build_family, family_class
 from modules.training.optimizers import build_optimizer, is_schedule_free, logged_lrs, schedule_free_eval
 
-SAMPLE_COUNT = 4
-SAMPLE_INFERENCE_STEPS = 20
+MIXED_PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -177,7 +180,9 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
     folder = _find_checkpoint(resume, output_dir)
     if folder is None:
         _refuse_to_overwrite(output_dir)
-    loaded = checkpoints.load_checkpoint(folder, rank) if folder is not None else None
+    family_type = family_class(preset)
+    loaded = (checkpoints.load_checkpoint(folder, rank, family_type.read_checkpoint_weights)
+              if folder is not None else None)
     if loaded is not None:
         changes = describe_changes(loaded.state.plan_identity, curve.identity())
         if changes and not rebase_schedule:
@@ -189,11 +194,10 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
             say(f"rebasing onto the new plan at step {loaded.state.global_step}: {'; '.join(changes)}")
         if loaded.state.global_step >= total_steps:
             final_model = output_dir / paths.FINAL_MODEL_DIR
-            if is_main and not (final_model / paths.WEIGHTS_FILE).is_file():
-                temporary = final_model.with_name(paths.TEMPORARY_PREFIX + final_model.name + paths.TEMPORARY_SUFFIX)
-                shutil.rmtree(temporary, ignore_errors=True)
-                shutil.copytree(folder / paths.UNET_DIR, temporary)
-                _replace_folder(temporary, final_model)
+            if is_main and not final_model.is_dir():  # written by rename, so a folder there is complete
+                family = build_family(preset, plan)
+                _load_weights(family, loaded.weights, folder)  # the eval-mode weights of the last checkpoint
+                write_final_model(family, output_dir)
             say(f"this run already finished: {loaded.state.global_step} of {total_steps} steps "
                 f"(checkpoint '{folder}'); the final model is in '{final_model}'")
             return TrainResult(output_dir, loaded.state.global_step, total_steps, True, folder, None)
@@ -204,19 +208,17 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
 
     # --- data, model, optimizer ----------------------------------------------
     dataset = build_dataset(preset, plan)
-    model = build_model(preset)
-    noise_scheduler = build_noise_scheduler(preset)
-    num_train_timesteps = noise_scheduler.config.num_train_timesteps
+    family = build_family(preset, plan)
+    model = family.model
     schedule_free = is_schedule_free(preset.optimizer.type)
     if loaded is not None:
-        try:
-            model.load_state_dict(loaded.weights)
-            if "train_weights" in loaded.optimizer:  # schedule-free: the weights training continues from
-                model.load_state_dict(loaded.optimizer["train_weights"])
-        except RuntimeError:
-            raise ConfigError(f"the weights in '{folder / paths.UNET_DIR}' do not fit the model of this preset "
-                              "(model.config / model.path changed since the checkpoint)", "model") from None
-    optimizer = build_optimizer(model, preset, plan.warmup_steps)
+        _load_weights(family, loaded.weights, folder)
+        if "train_weights" in loaded.optimizer:  # schedule-free: the weights training continues from
+            _load_weights(family, loaded.optimizer["train_weights"], folder)
+    if accelerator.mixed_precision in MIXED_PRECISION_DTYPES:
+        family.cast_for_mixed_precision(MIXED_PRECISION_DTYPES[accelerator.mixed_precision])
+    optimizer = build_optimizer(model, preset, plan.warmup_steps, family.parameter_components(),
+                                (curve.group_names, curve.base_lrs))
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
     device = accelerator.device
@@ -230,8 +232,10 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
         if accelerator.scaler is not None and "scaler" in loaded.optimizer:
             accelerator.scaler.load_state_dict(loaded.optimizer["scaler"])
         checkpoints.restore_rng_state(loaded.rng)
+    else:  # what draws from the global torch RNG (LoRA dropout) starts from (seed, rank); a resume restores it
+        torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0] >> 1))
     global_step = loaded.state.global_step if loaded is not None else 0
-    group_names = list(preset.optimizer.group_names)
+    group_names = list(curve.group_names)
 
     tensorboard = None
     if is_main:
@@ -247,7 +251,8 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
         tensorboard = TensorBoardLog(output_dir, purge_step=global_step if loaded is not None else None)
     if loaded is not None:
         say(f"resuming from '{folder}' at step {global_step} of {total_steps}")
-    say(f"device: {device}, processes: {world}, mixed precision: {accelerator.mixed_precision}")
+    say(f"model: {plan.model_type} ({preset.training.method}); device: {device}, processes: {world}, "
+        f"mixed precision: {accelerator.mixed_precision}")
 
     config = preset.to_json_dict()
 
@@ -256,13 +261,12 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
         if accelerator.scaler is not None:
             state["scaler"] = accelerator.scaler.state_dict()
         if schedule_free:  # the train-mode weights, so training continues bit for bit
-            state["train_weights"] = {name: value.detach().cpu().clone()
-                                      for name, value in unwrapped.state_dict().items()}
+            state["train_weights"] = family.trainable_state_dict()
         return state
 
     def save_weights(target: Path) -> None:
         with schedule_free_eval(optimizer, unwrapped):
-            unwrapped.save_pretrained(target, safe_serialization=True)
+            family.save_checkpoint_weights(target)
 
     def save_checkpoint(step: int) -> Path:
         epoch, step_in_epoch = plan.position(step)
@@ -279,18 +283,10 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
         )
 
     def save_samples(step: int) -> None:
-        from diffusers import DDPMPipeline, DDPMScheduler
         from PIL import Image
 
-        with schedule_free_eval(optimizer, unwrapped):
-            was_training = unwrapped.training
-            unwrapped.eval()
-            pipeline = DDPMPipeline(unet=unwrapped, scheduler=DDPMScheduler.from_config(noise_scheduler.config))
-            pipeline.set_progress_bar_config(disable=True)
-            with torch.no_grad(), accelerator.autocast():
-                images = pipeline(batch_size=SAMPLE_COUNT, generator=torch.Generator().manual_seed(seed),
-                                  num_inference_steps=SAMPLE_INFERENCE_STEPS, output_type="np").images
-            unwrapped.train(was_training)
+        with schedule_free_eval(optimizer, unwrapped), torch.no_grad(), accelerator.autocast():
+            images = family.sample(seed)
         samples_dir = output_dir / paths.SAMPLES_DIR
         samples_dir.mkdir(parents=True, exist_ok=True)
         for index, image in enumerate(images):
@@ -322,17 +318,11 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
             loss_sum = torch.zeros((), device=device)
             for position, micro_batch in enumerate(window):
                 global_micro_batch = epoch * micro_batches_per_epoch + micro_batch
-                clean = dataset.micro_batch(order, plan, micro_batch, rank, seed, global_micro_batch).pixels
+                batch = dataset.micro_batch(order, plan, micro_batch, rank, seed, global_micro_batch)
                 generator = torch_generator(seed, global_micro_batch, rank)
-                noise = torch.randn(clean.shape, generator=generator)
-                timesteps = torch.randint(0, num_train_timesteps, (clean.shape[0],), generator=generator)
-                clean, noise, timesteps = clean.to(device), noise.to(device), timesteps.to(device)
-                noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-                target = training_target(noise_scheduler, clean, noise, timesteps)
                 last = position == in_window - 1
                 with nullcontext() if last else accelerator.no_sync(model):
-                    prediction = model(noisy, timesteps).sample
-                    loss = F.mse_loss(prediction.float(), target.float())
+                    loss = model(batch, generator)  # the family's loss of this micro-batch
                     accelerator.backward(loss / in_window)
                 loss_sum += loss.detach()
             if preset.training.max_grad_norm is not None:
@@ -351,7 +341,7 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
             eta = elapsed / (global_step - first_step) * (total_steps - global_step)
             if is_main:
                 tensorboard.log_step(step, loss_value, lrs)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[group_names[-1]]:.3g}", refresh=False)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[DEFAULT_GROUP_NAME]:.3g}", refresh=False)
                 bar.update(1)
                 if on_step is not None:
                     on_step(StepReport(step, total_steps, epoch, loss_value, lrs, elapsed, eta))
@@ -364,7 +354,7 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
                 stop = bool(accelerator.reduce(stop_flag, reduction="sum").item() > 0)
             if global_step in checkpoint_steps or (stop and global_step < total_steps):
                 if global_step == total_steps:
-                    save_final_model(accelerator, optimizer, unwrapped, output_dir, is_main)
+                    save_final_model(accelerator, optimizer, family, output_dir, is_main)
                 last_checkpoint = save_checkpoint(global_step)
                 say_to_bar(bar, say, f"checkpoint: {last_checkpoint}")
             if stop and global_step < total_steps:
@@ -390,13 +380,27 @@ def say_to_bar(bar, say, message: str) -> None:
         bar.refresh()
 
 
-def save_final_model(accelerator, optimizer, unwrapped, output_dir: Path, is_main: bool) -> None:
-    """output.dir/model: save_pretrained (schedule-free: the eval-mode weights), replaced atomically."""
+def save_final_model(accelerator, optimizer, family, output_dir: Path, is_main: bool) -> None:
+    """output.dir/model: the family's final model (schedule-free: the eval-mode weights), replaced atomically."""
     if is_main:
-        final = output_dir / paths.FINAL_MODEL_DIR
-        temporary = final.with_name(paths.TEMPORARY_PREFIX + final.name + paths.TEMPORARY_SUFFIX)
-        shutil.rmtree(temporary, ignore_errors=True)
-        with schedule_free_eval(optimizer, unwrapped):
-            unwrapped.save_pretrained(temporary, safe_serialization=True)
-        _replace_folder(temporary, final)
+        with schedule_free_eval(optimizer, family.model):
+            write_final_model(family, output_dir)
     accelerator.wait_for_everyone()
+
+
+def write_final_model(family, output_dir: Path) -> None:
+    """The family's final model into a temporary folder, then renamed to output.dir/model."""
+    final = output_dir / paths.FINAL_MODEL_DIR
+    temporary = final.with_name(paths.TEMPORARY_PREFIX + final.name + paths.TEMPORARY_SUFFIX)
+    shutil.rmtree(temporary, ignore_errors=True)
+    family.save_final_model(temporary)
+    _replace_folder(temporary, final)
+
+
+def _load_weights(family, weights: dict, folder: Path) -> None:
+    try:
+        family.load_trainable_state_dict(weights)
+    except RuntimeError:
+        raise ConfigError(f"the weights in '{folder}' do not fit the model of this preset "
+                          "(model.config / model.path / model.type / training.method / lora changed since the "
+                          "checkpoint)", "model") from None

@@ -1,0 +1,45 @@
+"""The `stable_diffusion_xl` family: StableDiffusionXLPipeline folders, LoRA or full.
+
+Everything as `stable_diffusion` (see there), except the conditioning, which
+follows diffusers' train_text_to_image_sdxl.py / train_dreambooth_lora_sdxl.py:
+
+    for each (tokenizer, text encoder) of (tokenizer, text_encoder), (tokenizer_2, text_encoder_2):
+        out = encoder(ids, output_hidden_states=True)
+        pooled = out[0]                        # the last encoder's (text_encoder_2's projected) pooled output
+        hidden = out.hidden_states[-2]         # penultimate layer
+    encoder_hidden_states = concat(hidden_1, hidden_2, dim=-1)
+    add_time_ids[i] = original_size[i] + crop_top_left[i] + target_size     # (h, w), (top, left), (h, w)
+    added_cond_kwargs = {"text_embeds": pooled, "time_ids": add_time_ids}
+
+Both text encoders train at `optimizer.text_encoder_lr` (groups
+`text_encoder`, `text_encoder_2`) when it is set.
+"""
+
+import torch
+
+from modules.training.families.stable_diffusion import StableDiffusionFamily
+
+
+class StableDiffusionXLFamily(StableDiffusionFamily):
+    PIPELINE_CLASS = "StableDiffusionXLPipeline"
+    TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+    TOKENIZERS = ("tokenizer", "tokenizer_2")
+    REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+    OPTIONAL_NONE = {}
+
+    def encode(self, captions: list[str], batch, device):
+        hidden_states = []
+        pooled = None
+        with torch.enable_grad() if self.train_text_encoders else torch.no_grad():
+            for tokenizer_name, encoder_name in zip(self.TOKENIZERS, self.TEXT_ENCODERS):
+                ids = self.tokenize(getattr(self.pipeline, tokenizer_name), captions, device)
+                output = getattr(self.pipeline, encoder_name)(ids, output_hidden_states=True, return_dict=False)
+                pooled = output[0]
+                hidden = output[-1][-2]
+                hidden_states.append(hidden.view(hidden.shape[0], hidden.shape[1], -1))
+        encoder_hidden_states = torch.concat(hidden_states, dim=-1)
+        pooled = pooled.view(pooled.shape[0], -1)
+        time_ids = torch.tensor([list(original) + list(crop) + list(batch.target_size)
+                                 for original, crop in zip(batch.original_sizes, batch.crop_top_lefts)],
+                                device=device, dtype=encoder_hidden_states.dtype)
+        return encoder_hidden_states, {"text_embeds": pooled, "time_ids": time_ids}
