@@ -281,7 +281,7 @@ def test_lora_with_a_text_encoder_lora_resumes_exactly_after_a_stop_sigterm_and_
     first = subprocess.run(train_command(preset_file, "--stop-at-step", 3), capture_output=True, text=True,
                            env=environment(), cwd=ROOT, timeout=300)
     assert first.returncode == 0, first.stderr
-    assert "to resume:" in first.stdout and newest_step(output) == 3
+    assert "resume with: " in first.stdout and newest_step(output) == 3
 
     # 2. SIGTERM: finishes the step, writes a checkpoint, exits 0.
     process = subprocess.Popen(train_command(preset_file, "--resume"), stdout=subprocess.PIPE,
