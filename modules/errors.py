@@ -22,3 +22,21 @@ class ConfigError(ValueError):
         if self.key and not message.startswith(self.key):
             return f"{self.key}: {message}"
         return message
+
+
+class PlanChangedError(ConfigError):
+    """Resume refused: the checkpoint was written for a different plan.
+
+    `changes` lists what differs (one readable line each) and `step` is the
+    checkpoint's global_step, so each front end can say how to continue on
+    the new plan in its own terms (the CLI's message names --rebase-schedule).
+    """
+
+    def __init__(self, checkpoint: str, changes: list[str], step: int):
+        super().__init__(
+            f"checkpoint '{checkpoint}' was written for a different plan: {'; '.join(changes)} "
+            f"(use --rebase-schedule to continue at step {step} on the new plan)"
+        )
+        self.checkpoint = checkpoint
+        self.changes = list(changes)
+        self.step = step

@@ -15,7 +15,9 @@ from modules.lr_curve import read_lr_csv
 from ui.controllers.fields import ALL_FIELDS, SCHEDULER_FIELDS, active_scheduler_keys, parse_text
 from ui.controllers.image_counter import ImageCounter
 from ui.controllers.preset_draft import PresetDraft
+from ui.controllers.preview_worker import PreviewWorker
 from ui.controllers.run_controller import RunController
+from ui.controllers.run_history import read_run_history
 
 
 def make_draft(folder: Path, **sections) -> PresetDraft:
@@ -311,3 +313,289 @@ def test_a_long_run_is_thinned_for_the_plot_but_kept_whole(image_folder):
     assert lrs == [step * 1e-6 for step in steps]
     assert run.loss_points(1000) == (steps, [float(step) for step in steps])
     assert len(run.actual_lrs()["unet"][0]) == 10_001
+
+
+# --- a preset with keys no field has ---------------------------------------------------
+
+def test_a_loaded_presets_unknown_keys_are_listed_and_can_be_dropped(image_folder, tmp_path):
+    preset = {"version": 1, "data": {"path": str(image_folder)}, "training": {"epochs": 2, "epoks": 3},
+              "scheduler": {"type": "cosine", "min_facter": 0.1},
+              "optimizer": {"param_groups": [{"name": "attention", "match": "attentions", "lr": 1e-4, "lrr": 1}]}}
+    path = tmp_path / "misspelt.json"
+    path.write_text(json.dumps(preset))
+    draft = PresetDraft(counter=ImageCounter(synchronous=True))
+    draft.load(path)
+    unknown = draft.unknown_keys()
+    assert [item.key for item in unknown] == ["training.epoks", "optimizer.param_groups.0.lrr",
+                                              "scheduler.min_facter"]
+    assert [item.suggestion for item in unknown] == ["epochs", "lr", "min_factor"]
+    assert "did you mean 'min_factor'" in unknown[2].describe()
+    with pytest.raises(ConfigError, match="unknown key"):
+        draft.save(tmp_path / "refused.json")
+
+    draft.drop_keys([item.key for item in unknown])
+    assert draft.unknown_keys() == [] and draft.evaluate().fresh
+    draft.save(tmp_path / "fixed.json")
+    saved = load_preset(tmp_path / "fixed.json")
+    assert saved.training.epochs == 2 and saved.optimizer.param_groups[0].lr == 1e-4  # the known keys stay
+
+
+def test_a_valid_preset_has_no_unknown_keys():
+    draft = PresetDraft(counter=ImageCounter(synchronous=True))
+    draft.load(ROOT / "training_presets" / "demo.json")
+    assert draft.unknown_keys() == []
+
+
+# --- what the app's Start cannot do ----------------------------------------------------
+
+def test_several_processes_are_refused_at_the_field_with_the_launch_command(image_folder, tmp_path):
+    draft = make_draft(image_folder)
+    draft.set_text("training.num_processes", "2")
+    state = draft.evaluate()
+    assert state.fresh and state.preview.plan.num_processes == 2  # the preview shows what the launch trains
+    key, message = state.start_refusal
+    assert key == "training.num_processes"
+    assert "accelerate launch --num_processes 2 scripts/train.py" in message
+    draft.save(tmp_path / "two.json")  # saving the preset for the launcher is the way
+    assert load_preset(tmp_path / "two.json").training.num_processes == 2
+    draft.set_text("training.num_processes", "1")
+    assert draft.evaluate().start_refusal is None
+
+
+# --- fields --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["training.batch_size", "optimizer.lr", "scheduler.min_factor", "scheduler.warmup",
+                                 "output.dir"])
+def test_an_emptied_required_field_says_required(image_folder, key):
+    draft = make_draft(image_folder)
+    draft.set_text(key, "")
+    state = draft.evaluate()
+    assert state.error_key == key
+    assert state.error == f"{key}: required (enter a value)"
+
+
+def test_no_warning_about_a_field_the_schedule_type_hides(image_folder):
+    draft = make_draft(image_folder, scheduler={"type": "piecewise_constant", "min_factor": 0.1, "warmup": 12,
+                                                "steps": [[0, 1.0], ["50%", 0.1]]})
+    state = draft.evaluate()
+    assert "scheduler.min_factor" not in active_scheduler_keys("piecewise_constant")
+    assert any("min_factor has no effect" in line for line in state.preview.plan.warnings)  # the CLI says it
+    assert not any("min_factor" in line for line in state.warnings)
+    assert any("over half the run" in line for line in state.warnings)  # warmup is shown: its warning stays
+    draft.set_text("scheduler.type", "cosine")
+    state = draft.evaluate()
+    assert state.warnings == state.preview.plan.warnings
+
+
+def test_a_folder_that_does_not_exist_is_answered_at_once_off_the_event_loop(tmp_path):
+    counter = ImageCounter()  # the app's: counting runs on a thread
+    found = counter.lookup(str(tmp_path / "nowhere"))
+    assert isinstance(found, ConfigError) and "does not exist" in str(found)
+    draft = PresetDraft({"data": {"path": str(tmp_path / "nowhere")}, "training": {"epochs": 1}}, counter)
+    state = draft.evaluate()
+    assert state.counting is None and state.error_key == "data.path" and "does not exist" in state.error
+
+
+def test_the_modified_mark_follows_edits_and_clears_on_save_and_load(image_folder, tmp_path):
+    draft = make_draft(image_folder)
+    draft.save(tmp_path / "a.json")
+    assert not draft.modified
+    draft.set_text("scheduler.warmup", "3")
+    assert draft.modified
+    draft.set_text("scheduler.warmup", "2")
+    assert not draft.modified  # typed back to what was saved
+    draft.add_group()
+    assert draft.modified
+    draft.save(tmp_path / "b.json")
+    assert not draft.modified
+    draft.set_text("training.epochs", "5")
+    draft.load(tmp_path / "a.json")
+    assert not draft.modified
+
+
+# --- the preview is computed off the GUI thread -----------------------------------------
+
+TRAINING_EDITS = {
+    "training.epochs": ("5", lambda plan: plan.num_epochs == 5),
+    "training.max_steps": ("9", lambda plan: plan.total_steps == 9),
+    "training.batch_size": ("2", lambda plan: plan.batch_size == 2),
+    "training.gradient_accumulation_steps": ("3", lambda plan: plan.gradient_accumulation_steps == 3),
+    "training.num_processes": ("2", lambda plan: plan.num_processes == 2),
+}
+
+
+@pytest.mark.parametrize("key", sorted(TRAINING_EDITS))
+def test_a_training_edit_refreshes_the_preview(image_folder, key):
+    """What the app does after an edit: the worker computes the draft as edited."""
+    draft = make_draft(image_folder)
+    worker = PreviewWorker(draft)
+    worker.request()
+    assert worker.wait()
+    before = worker.collect()
+    assert before.fresh and not TRAINING_EDITS[key][1](before.preview.plan)
+    text, holds = TRAINING_EDITS[key]
+    draft.set_text(key, text)
+    worker.request()
+    assert worker.wait()
+    after = worker.collect()
+    assert after is not None and after.fresh and after.revision == draft.revision
+    assert holds(after.preview.plan)
+    assert after.preview.preset.to_json_dict()["training"][key.split(".")[1]] == int(text)
+
+
+def test_the_worker_computes_off_the_callers_thread_and_drops_a_stale_result(image_folder, monkeypatch):
+    import threading
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    import modules.lr_curve as lr_curve
+    import ui.controllers.preset_draft as preset_draft
+    from ui.curve_plot import PreviewPlot
+
+    threads = []
+
+    def recording(function):
+        def record(*args):
+            threads.append((function.__name__, threading.current_thread()))
+            return function(*args)
+        return record
+
+    # The plan and the whole-plan curve (computed on first use) are the slow parts of a long plan.
+    monkeypatch.setattr(preset_draft, "build_preview", recording(preset_draft.build_preview))
+    monkeypatch.setattr(lr_curve, "applied_multipliers", recording(lr_curve.applied_multipliers))
+    monkeypatch.setattr(lr_curve, "effective_multipliers", recording(lr_curve.effective_multipliers))
+    draft = make_draft(image_folder)
+    worker = PreviewWorker(draft)
+    worker.request()
+    assert worker.wait()
+    figure = Figure()
+    FigureCanvasAgg(figure)
+    first = worker.collect().preview
+    PreviewPlot(figure).update(first)  # what the view draws on the GUI thread
+    assert {name for name, _ in threads} == {"build_preview", "applied_multipliers", "effective_multipliers"}
+    assert all(thread is not threading.main_thread() for _, thread in threads), threads
+
+    worker.request()
+    assert worker.wait()
+    draft.set_text("training.batch_size", "2")  # an edit after that request: its result is stale
+    assert worker.collect() is None and worker.dropped == 1
+    assert draft.last_valid is first  # a stale result never reaches the screen
+    worker.request()
+    assert worker.wait()
+    state = worker.collect()
+    assert state.fresh and state.preview.plan.batch_size == 2 and draft.last_valid is state.preview
+
+
+def test_a_refused_length_marks_its_field_and_keeps_the_last_curve(image_folder):
+    draft = make_draft(image_folder)
+    worker = PreviewWorker(draft)
+    worker.request()
+    worker.wait()
+    valid = worker.collect().preview
+    for key, text in (("training.epochs", "1000000000000"), ("training.max_steps", str(10 ** 13))):
+        draft.set_text(key, text)
+        worker.request()
+        assert worker.wait()
+        state = worker.collect()
+        assert state.error_key == key and state.error.startswith(key) and not state.fresh
+        assert state.preview is valid
+        draft.set_text(key, "")
+    draft.set_text("training.epochs", "1")
+    draft.set_text("scheduler.warmup", "20")  # a plan the step plan refuses today: warmup past the end
+    worker.request()
+    worker.wait()
+    state = worker.collect()
+    assert state.error_key == "scheduler.warmup" and state.preview is valid
+
+
+# --- the Run tab: history, failed starts, the last epoch -----------------------------------
+
+def test_after_resume_the_earlier_steps_come_from_the_tensorboard_log(image_folder, tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    log_dir = tmp_path / "out" / "tensorboard"
+    first = SummaryWriter(log_dir=str(log_dir))
+    for step in range(6):  # a run killed after step 5, its last checkpoint at step 3
+        first.add_scalar("lr/unet", 1e-3 * (step + 1), step)
+        first.add_scalar("loss/train", 1.0 / (step + 1), step)
+    first.close()
+    resumed = SummaryWriter(log_dir=str(log_dir), purge_step=3)  # what the trainer opens on resume
+    resumed.add_scalar("lr/unet", 0.5, 3)
+    resumed.add_scalar("loss/train", 0.25, 3)
+    resumed.close()
+
+    history = read_run_history(tmp_path / "out")
+    assert history.steps == [0, 1, 2, 3]
+    np.testing.assert_allclose(history.lrs["unet"], [1e-3, 2e-3, 3e-3, 0.5], rtol=1e-6)  # float32 in the log
+    assert read_run_history(tmp_path / "empty").steps == []
+
+    run = RunController()
+    run.start(make_draft(image_folder).evaluate().preview, resume=True)
+    run.set_history(history)
+    for step in (3, 4):
+        run.handle(("step", {"step": step, "total_steps": 21, "epoch": 0, "loss": 0.1, "lrs": {"unet": 0.25},
+                             "elapsed_seconds": 1.0, "eta_seconds": 1.0}))
+    steps, lrs = run.actual_lrs()["unet"]
+    assert steps == [0, 1, 2, 3, 4]
+    assert lrs[3:] == [0.25, 0.25]  # from this session's steps, not the log
+    loss_steps, losses = run.loss_points()
+    assert loss_steps == steps and losses[3:] == [0.1, 0.1]
+
+
+def test_a_start_that_fails_before_its_first_step_keeps_the_previous_runs_plots(image_folder):
+    preview = make_draft(image_folder).evaluate().preview
+    run = RunController()
+    run.start(preview, resume=False)
+    for step in range(3):
+        run.handle(("step", {"step": step, "total_steps": 21, "epoch": 0, "loss": 1.0, "lrs": {"unet": 1e-3},
+                             "elapsed_seconds": 1.0, "eta_seconds": 1.0}))
+    run.handle(("finished", {"finished": False, "completed_steps": 3, "checkpoint": "c"}))
+    run.start(preview, resume=False)
+    run.handle(("failed", "output.dir: 'out' already holds checkpoints", "", {"key": "output.dir"}))
+    assert run.error.startswith("output.dir")
+    assert run.plotted() is not run and run.plotted().loss_points() == ([0, 1, 2], [1.0, 1.0, 1.0])
+    assert "previous run" in run.progress_text()
+    run.start(preview, resume=False)  # a start that trains shows its own steps
+    run.handle(("step", {"step": 0, "total_steps": 21, "epoch": 0, "loss": 2.0, "lrs": {"unet": 1e-3},
+                         "elapsed_seconds": 1.0, "eta_seconds": 1.0}))
+    assert run.plotted() is run and run.loss_points() == ([0], [2.0])
+
+
+def test_a_finished_run_reads_its_last_epoch(image_folder):
+    preview = make_draft(image_folder).evaluate().preview  # 7 steps/epoch x 3 epochs
+    run = RunController()
+    run.start(preview, resume=True)  # Resume of a run that had already finished reports no step
+    run.handle(("finished", {"finished": True, "completed_steps": 21, "output_dir": "out"}))
+    assert "epoch 3 / 3" in run.progress_text()
+
+
+def test_a_plan_change_refusal_offers_to_continue_on_the_new_plan(image_folder):
+    from ui.training_process import plan_changed_message
+
+    message = plan_changed_message("out/checkpoints/step-00000003", ["epochs: 2 -> 3"], 3)
+    assert "--" not in message and "Continue on the new plan" in message and "step 3" in message
+    run = RunController()
+    run.start(make_draft(image_folder).evaluate().preview, resume=True)
+    run.handle(("failed", message, "", {"key": None, "plan_changed": {"checkpoint": "c", "changes": ["x"],
+                                                                       "step": 3}}))
+    assert run.plan_change["step"] == 3
+    run.start(make_draft(image_folder).evaluate().preview, resume=True)
+    assert run.plan_change is None
+
+
+def test_lr_ticks_read_as_learning_rates_and_step_ticks_are_whole_steps(image_folder):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ui.curve_plot import draw_preview
+
+    draft = make_draft(image_folder, optimizer={"lr": 3e-4}, training={"epochs": 1, "max_steps": 3})
+    figure = Figure()
+    FigureCanvasAgg(figure)
+    axes = draw_preview(figure, draft.evaluate().preview)
+    figure.canvas.draw()
+    y_labels = [label.get_text() for label in axes.get_yticklabels()]
+    x_labels = [label.get_text() for label in axes.get_xticklabels()]
+    assert "3e-4" in y_labels and "1e-4" in y_labels and not any("µ" in label for label in y_labels)
+    assert x_labels and all(label.lstrip("−-").isdigit() for label in x_labels), x_labels

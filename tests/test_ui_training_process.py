@@ -86,3 +86,57 @@ def test_a_trainer_error_reaches_the_app_as_one_line(tmp_path):
     drain(process, run)
     assert run.status == "failed"
     assert run.error.startswith("data.path:") and "does not exist" in run.error
+
+
+def test_resume_on_a_changed_plan_is_refused_for_the_app_and_continues_on_the_new_plan(tmp_path):
+    from modules.errors import ConfigError
+    from ui.controllers.run_history import read_run_history
+    from ui.training_process import check_output_dir
+
+    preset_json = tiny_preset(tmp_path, epochs=3)
+    run = RunController()
+    run.start(build_preview(validate_preset(preset_json)), resume=False)
+    process = TrainingProcess(preset_json)
+    process.start()
+
+    def stop_after_first_step(event):
+        if event[0] == "step" and run.status == "running":
+            process.stop()
+            run.request_stop()
+
+    drain(process, run, stop_after_first_step)
+    assert run.status == "stopped", run.log_lines
+    stopped_at = run.step
+
+    # Start on that folder again: the app's words, not the command line's flags.
+    with pytest.raises(ConfigError) as refused:
+        check_output_dir(validate_preset(preset_json), None)
+    assert "press Resume" in str(refused.value) and "--" not in str(refused.value)
+
+    longer = tiny_preset(tmp_path, epochs=4)
+    refused_run = RunController()
+    refused_run.start(build_preview(validate_preset(longer)), resume=True)
+    process = TrainingProcess(longer, resume=True)
+    process.start()
+    drain(process, refused_run)
+    assert refused_run.status == "failed"
+    assert refused_run.plan_change["step"] == stopped_at
+    assert any("epochs: 3 -> 4" in change for change in refused_run.plan_change["changes"])
+    assert "Continue on the new plan" in refused_run.error and "--rebase-schedule" not in refused_run.error
+
+    # "Continue on the new plan": resume with rebase_schedule on the settings on screen.
+    rebased = RunController()
+    planned = build_preview(validate_preset(longer))
+    rebased.start(planned, resume=True)
+    process = TrainingProcess(longer, resume=True, rebase_schedule=True)
+    process.start()
+    drain(process, rebased)
+    assert rebased.status == "finished", rebased.log_lines
+    assert rebased.used_steps == list(range(stopped_at, planned.plan.total_steps))
+
+    # The Run tab reads the steps before the resume point back from the run's TensorBoard log.
+    history = read_run_history(tmp_path / "out")
+    assert history.steps == list(range(planned.plan.total_steps))
+    for name in planned.curve.group_names:
+        logged = run.used_lrs[name][:stopped_at] + rebased.used_lrs[name]
+        assert history.lrs[name] == pytest.approx(logged, rel=1e-6)  # float32 in the log

@@ -245,3 +245,117 @@ def test_a_trainer_error_shows_in_the_run_tab(app, display, tmp_path):
     screenshot(app, display, "run_tab_error.png")
     assert app.run_panel.error_label.winfo_ismapped()
     assert app.run_panel.error_label.cget("text") == app.run.error
+
+
+# --- what a new user hits ---------------------------------------------------------------
+
+def test_a_preset_with_misspelt_keys_offers_to_drop_them(display, tmp_path):
+    from ui.app import App
+    from ui.controllers.preset_draft import PresetDraft
+
+    preset = tmp_path / "misspelt.json"
+    preset.write_text('{"version": 1, "data": {"path": "%s"}, "training": {"epochs": 2, "batch_size": 1},'
+                      ' "scheduler": {"type": "cosine", "min_facter": 0.1}}' % make_images(tmp_path / "images", 3))
+    questions = []
+    answers = iter([False, True])
+
+    def confirm(title, message):
+        questions.append(message)
+        return next(answers)
+
+    window = App(PresetDraft(), confirm=confirm)
+    try:
+        window.load(str(preset))
+        assert "scheduler.min_facter (did you mean 'min_factor'?)" in questions[0]
+        pump(window, lambda: window.preview_state is not None and window.preview_state.error is not None)
+        assert window.preview_state.error_key == "scheduler.min_facter"  # declined: still named, Save refuses
+        assert window.offer_to_drop_unknown_keys()  # Save asks again; this time yes
+        pump(window, lambda: window.preview_state.fresh)
+        assert window.draft.unknown_keys() == [] and window.draft.evaluate().fresh
+        assert "(modified)" in window.toolbar.path_label.cget("text")
+    finally:
+        window.destroy()
+
+
+def test_processes_2_is_refused_at_the_field_and_by_start(app, display):
+    select_tab(app, "Training")
+    row = app.field_row("training.num_processes")
+    type_into(row.input, "2")
+    pump(app, lambda: app.preview_state.fresh and app.preview_state.preview.plan.num_processes == 2)
+    settle(app)
+    assert row.error and "accelerate launch --num_processes 2 scripts/train.py" in row.error
+    assert row.message.winfo_ismapped()
+    screenshot(app, display, "training_tab_processes.png")
+    select_tab(app, "Run")
+    app.run_panel.start_button.invoke()
+    assert app.training is None and app.run.status == "idle"
+    assert app.run.error.startswith("Not started: training.num_processes:")
+    settle(app, 0.2)
+    assert app.run_panel.error_label.winfo_ismapped()
+
+
+def test_a_refused_length_marks_its_field_and_the_window_keeps_responding(app, display, monkeypatch):
+    import threading
+
+    import ui.controllers.preset_draft as preset_draft
+
+    threads = []
+    real = preset_draft.build_preview
+
+    def recording(*args):
+        threads.append(threading.current_thread())
+        return real(*args)
+
+    monkeypatch.setattr(preset_draft, "build_preview", recording)
+    select_tab(app, "Training")
+    before = plotted(app, "unet").copy()
+    row = app.field_row("training.epochs")
+    type_into(row.input, "1000000000000")
+    pump(app, lambda: app.preview_state.error is not None)
+    settle(app)
+    assert app.preview_state.error_key == "training.epochs"
+    assert row.error == app.preview_state.error and row.message.winfo_ismapped()
+    np.testing.assert_array_equal(plotted(app, "unet"), before)  # the last valid curve stays, marked stale
+    assert threads and threading.main_thread() not in threads  # the plan is computed off the Tk thread
+    screenshot(app, display, "training_tab_huge_length.png")
+
+
+def test_a_folder_that_does_not_exist_says_so(app, display, tmp_path):
+    select_tab(app, "Data & model")
+    row = app.field_row("data.path")
+    type_into(row.input, str(tmp_path / "nowhere"))
+    pump(app, lambda: app.preview_state.error_key == "data.path")
+    settle(app, 0.6)
+    assert "does not exist" in row.error and row.message.winfo_ismapped()
+    assert "counting" not in row.note.cget("text")
+    screenshot(app, display, "data_tab_missing_folder.png")
+
+
+def test_an_invalid_entry_stays_in_place_and_its_message_fits_the_panel(app, display):
+    select_tab(app, "Scheduler")
+    row = app.field_row("scheduler.warmup")
+    settle(app)
+    x_before = row.input.winfo_rootx()
+    type_into(row.input, "10 epocs")
+    pump(app, lambda: app.preview_state.error_key == "scheduler.warmup")
+    settle(app)
+    assert row.message.winfo_ismapped() and len(row.error) > 60
+    assert row.input.winfo_rootx() == x_before
+    panel_right = app.scheduler_panel.winfo_rootx() + app.scheduler_panel.winfo_width()
+    assert row.message.winfo_rootx() + row.message.winfo_reqwidth() <= panel_right
+    screenshot(app, display, "scheduler_tab_long_message.png")
+
+
+def test_the_legend_leaves_no_empty_strip_and_empty_plots_have_no_ticks(app, display):
+    select_tab(app, "Scheduler")
+    settle(app)
+    panel = app.preview_panel
+    legend = panel.legend_figure.legends[0]
+    legend_width = legend.get_window_extent(panel.legend_figure.canvas.get_renderer()).width
+    assert panel.legend_canvas.get_tk_widget().winfo_width() <= legend_width + 12
+    labels = [label.get_text() for label in panel.plot.axes.get_yticklabels()]
+    assert "1e-3" in labels and not any("m" in label for label in labels), labels
+
+    select_tab(app, "Run")  # before the Run tab is first drawn with a plan, its plots are empty
+    loss_axes = app.run_panel.loss_axes
+    assert not any(label.get_visible() and label.get_text() for label in loss_axes.get_yticklabels())

@@ -1,15 +1,18 @@
 """The desktop app: one window, four tabs, wired to the controllers.
 
 Tabs: Data & model, Training, Scheduler (fields of the chosen schedule type
-beside the live preview), Run. Every edit goes to the `PresetDraft`; a
-redraw of the preview is scheduled ~150 ms after the last edit (`after`),
-so typing "0.0003" draws once, not six times. Images are counted off the Tk
-thread and polled with `after`; training runs in a child process
-(`ui.training_process`) whose events are polled with `after`. Nothing here
-blocks the Tk main loop.
+beside the live preview), Run. Every edit goes to the `PresetDraft`; the
+preview is recomputed ~150 ms after the last edit (`after`), so typing
+"0.0003" computes once, not six times, and it is computed on a worker
+thread (`PreviewWorker`), so a 20-million-step plan never freezes the
+window; a result that arrives after a newer edit is dropped. Images are
+counted off the Tk thread and polled with `after`; training runs in a child
+process (`ui.training_process`) whose events are polled with `after`.
+Nothing here blocks the Tk main loop.
 """
 
 import json
+import threading
 import time
 from pathlib import Path
 from tkinter import filedialog, messagebox
@@ -26,13 +29,16 @@ from ui.controllers.fields import (
     active_scheduler_keys,
 )
 from ui.controllers.preset_draft import PresetDraft, PreviewState
+from ui.controllers.preview_worker import PreviewWorker
 from ui.controllers.run_controller import RunController
+from ui.controllers.run_history import read_run_history
 from ui.training_process import TrainingProcess
 from ui.views.fields_panel import ERROR_COLOR, HINT_COLOR, FieldsPanel, ParamGroupsEditor
 from ui.views.preview_panel import PreviewPanel
 from ui.views.run_panel import RunPanel
 
 DEBOUNCE_MS = 150
+PREVIEW_POLL_MS = 20
 COUNT_POLL_MS = 100
 RUN_POLL_MS = 100
 RUN_PLOT_MS = 500
@@ -58,6 +64,8 @@ class StatusBar(ctk.CTkLabel):
             self.configure(text=notice, text_color=HINT_COLOR)
         elif state.error:
             self.configure(text=f"invalid: {state.error}", text_color=ERROR_COLOR)
+        elif state.start_refusal:
+            self.configure(text=f"Start: {state.start_refusal[1]}", text_color=ERROR_COLOR)
         elif state.counting:
             self.configure(text=f"counting the images in {state.counting} ...", text_color=HINT_COLOR)
         elif state.preview is not None:
@@ -65,9 +73,16 @@ class StatusBar(ctk.CTkLabel):
 
 
 class App(ctk.CTk):
-    def __init__(self, draft: PresetDraft | None = None):
+    def __init__(self, draft: PresetDraft | None = None, confirm=None):
+        """`confirm(title, message)` asks a yes/no question (default: a message box; tests inject one)."""
         super().__init__()
         self.draft = draft or PresetDraft()
+        self.confirm = confirm or (lambda title, message: messagebox.askyesno(title, message, parent=self))
+        self.preview_worker = PreviewWorker(self.draft)
+        self._preview_job = None
+        self._history: list = []  # (run number, history) read on a thread after Resume, handed over here
+        self._history_thread: threading.Thread | None = None
+        self._run_number = 0
         self.run = RunController()
         self.training: TrainingProcess | None = None
         self.preview_state: PreviewState | None = None
@@ -99,7 +114,7 @@ class App(ctk.CTk):
         self._build_training_tab(self.tabs.tab("Training"))
         self._build_scheduler_tab(self.tabs.tab("Scheduler"))
         self.run_panel = RunPanel(self.tabs.tab("Run"), self.start_training, self.stop_training,
-                                  self.resume_training)
+                                  self.resume_training, self.rebase_training)
         self.run_panel.pack(fill="both", expand=True)
         self.tabs.set("Scheduler")
 
@@ -108,6 +123,8 @@ class App(ctk.CTk):
         self.refresh()
         self._appearance = ctk.get_appearance_mode()
         self._appearance_job = self.after(APPEARANCE_POLL_MS, self._follow_appearance)
+        if self.draft.unknown_keys():
+            self.after_idle(self.offer_to_drop_unknown_keys)
 
     # --- layout ----------------------------------------------------------------
 
@@ -156,7 +173,12 @@ class App(ctk.CTk):
                 row.set_value(self.draft.text(key))
         self.groups_editor.set_groups(self.draft.groups())
         self.scheduler_panel.show_only(("scheduler.type", *active_scheduler_keys(self.draft.schedule_type)))
-        self.toolbar.path_label.configure(text=str(self.draft.path) if self.draft.path else "unsaved preset")
+        self.show_path()
+
+    def show_path(self) -> None:
+        """The preset's file (or "unsaved preset"), marked "(modified)" once the draft differs from it."""
+        text = str(self.draft.path) if self.draft.path else "unsaved preset"
+        self.toolbar.path_label.configure(text=text + ("  (modified)" if self.draft.modified else ""))
 
     # --- edits -------------------------------------------------------------------------
 
@@ -180,6 +202,25 @@ class App(ctk.CTk):
         self.groups_editor.set_groups(self.draft.groups())
         self.schedule_refresh()
 
+    def offer_to_drop_unknown_keys(self) -> bool:
+        """A preset with keys no field has (a misspelling) is a dead end: offer to drop them.
+
+        True when the draft has no unknown keys left.
+        """
+        unknown = self.draft.unknown_keys()
+        if not unknown:
+            return True
+        listed = "\n".join(f"  {item.describe()}" for item in unknown)
+        if not self.confirm("Unknown keys in the preset",
+                            f"The preset has keys that no setting has (misspelt or from another program):\n"
+                            f"{listed}\n\nDrop them? The preset cannot be saved or trained with them. "
+                            "The file itself stays as it is until you save."):
+            return False
+        self.draft.drop_keys([item.key for item in unknown])
+        self.show_draft()
+        self.refresh()
+        return True
+
     def browse(self, key: str) -> None:
         current = self.draft.value(key) or "."
         chosen = filedialog.askdirectory(parent=self, initialdir=current if Path(current).is_dir() else ".",
@@ -198,14 +239,30 @@ class App(ctk.CTk):
 
     def schedule_refresh(self) -> None:
         """Recompute the preview DEBOUNCE_MS after the last edit."""
+        self.show_path()
         if self._refresh_job is not None:
             self.after_cancel(self._refresh_job)
         self._refresh_job = self.after(DEBOUNCE_MS, self.refresh)
 
     def refresh(self) -> None:
+        """Ask the worker thread for the draft's preview; `_poll_preview` shows it when it arrives."""
         self._refresh_job = None
         self.redraws += 1
-        state = self.preview_state = self.draft.evaluate()
+        self.preview_worker.request()
+        if self._preview_job is None:
+            self._preview_job = self.after(PREVIEW_POLL_MS, self._poll_preview)
+
+    def _poll_preview(self) -> None:
+        self._preview_job = None
+        state = self.preview_worker.collect()
+        if state is not None:
+            self.show_state(state)
+        if self.preview_worker.busy or self.preview_worker.has_result:
+            self._preview_job = self.after(PREVIEW_POLL_MS, self._poll_preview)
+
+    def show_state(self, state: PreviewState) -> None:
+        """Put a computed preview state on screen: the plot, the status line and the field marks."""
+        self.preview_state = state
         self.preview_panel.show(state)
         if self.tabs.get() == "Run":
             self._plot_plan_on_run_tab()
@@ -218,8 +275,9 @@ class App(ctk.CTk):
                 self._count_job = self.after(COUNT_POLL_MS, self._poll_count)
         elif state.image_count is not None:
             path_row.set_note(f"{state.image_count} image{'s' * (state.image_count != 1)}")
-        elif state.error_key != "data.path":
-            path_row.set_note("")
+        elif state.error_key == "data.path" or (path_row.note.cget("text") == "counting ..."
+                                                 and not self.draft.counter.busy):
+            path_row.set_note("")  # a folder's problem is the message under it
 
     def _plot_plan_on_run_tab(self) -> None:
         """Before the first run, the Run tab shows the plan Start would train (drawn only when shown)."""
@@ -242,9 +300,12 @@ class App(ctk.CTk):
 
     def _mark_errors(self, state: PreviewState) -> None:
         key = state.error_key if state.error else None
+        message = state.error
+        if key is None and state.start_refusal is not None:
+            key, message = state.start_refusal  # valid, but not something the app's Start can do
         for panel in self.panels:
             for row_key, row in panel.rows.items():
-                row.set_error(state.error if row_key == key else None)
+                row.set_error(message if row_key == key else None)
         group_index = group_field = None
         if key and key.startswith("optimizer.param_groups"):
             parts = key.split(".")
@@ -271,6 +332,7 @@ class App(ctk.CTk):
         self.draft.load(path)
         self.show_draft()
         self.refresh()
+        self.offer_to_drop_unknown_keys()
 
     def load_dialog(self) -> None:
         path = filedialog.askopenfilename(parent=self, title="Load preset", initialdir="training_presets",
@@ -300,7 +362,8 @@ class App(ctk.CTk):
             self.draft.save(path)
             self.show_draft()
 
-        self._save_file("Save preset", ".json", save)
+        if self.offer_to_drop_unknown_keys():
+            self._save_file("Save preset", ".json", save)
 
     def export_csv_dialog(self) -> None:
         self._save_file("Export curve as CSV", ".csv", self.draft.export_csv)
@@ -310,27 +373,63 @@ class App(ctk.CTk):
 
     # --- training ---------------------------------------------------------------------------
 
-    def start_training(self, resume: bool = False) -> None:
+    def _refuse_start(self, message: str) -> None:
+        self.run.error = f"Not started: {message}"
+        self.run.log(self.run.error)
+        self.run_panel.show(self.run)
+
+    def start_training(self, resume: bool = False, rebase_schedule: bool = False) -> None:
         if self.run.active:
             return
         try:
-            preview = self.draft.current_preview()
+            state = self.preview_state
+            if state is None or not state.fresh or state.revision != self.draft.revision:
+                state = self.draft.wait_for_images()
+            if state.error:
+                raise ConfigError(state.error, state.error_key)
         except ConfigError as error:
-            self.run.error = f"Not started: {error}"
-            self.run.log(self.run.error)
-            self.run_panel.show(self.run)
+            self._refuse_start(str(error))
             return
+        if state.start_refusal is not None:
+            self._refuse_start(f"{state.start_refusal[0]}: {state.start_refusal[1]}")
+            return
+        preview = state.preview
         # The child trains exactly this validated preset: the configuration on screen.
         preset_json = json.loads(json.dumps(preview.preset.to_json_dict()))
         self.run.start(preview, resume)
-        self.training = TrainingProcess(preset_json, resume=True if resume else None)
+        self._run_number += 1
+        if rebase_schedule:
+            self.run.log("Continuing on the new plan: the weights, optimizer state and step of the checkpoint "
+                         "are kept, the schedule is the one on screen")
+        if resume:
+            self._read_history(preview.preset.output.dir)
+        self.training = TrainingProcess(preset_json, resume=True if resume else None,
+                                        rebase_schedule=rebase_schedule)
         self.training.start()
         self.run_panel.show(self.run)
         self.run_panel.plot(self.run)
         self._run_job = self.after(RUN_POLL_MS, self._poll_run)
 
+    def _read_history(self, output_dir: str) -> None:
+        """Read the steps the run logged before (TensorBoard) on a thread; `_poll_run` hands them over."""
+        number = self._run_number
+
+        def read():
+            try:
+                self._history.append((number, read_run_history(output_dir)))
+            except Exception as error:  # noqa: BLE001 - an unreadable log only loses the earlier points
+                self._history.append((number, f"the earlier steps could not be read from the TensorBoard "
+                                              f"log: {type(error).__name__}: {error}"))
+
+        self._history_thread = threading.Thread(target=read, name="run-history", daemon=True)
+        self._history_thread.start()
+
     def resume_training(self) -> None:
         self.start_training(resume=True)
+
+    def rebase_training(self) -> None:
+        """Resume although the plan changed: continue at the checkpoint's step on the plan on screen."""
+        self.start_training(resume=True, rebase_schedule=True)
 
     def stop_training(self) -> None:
         if self.training is not None and self.run.status == "running":
@@ -345,6 +444,15 @@ class App(ctk.CTk):
         events = self.training.events()
         for event in events:
             self.run.handle(event)
+        while self._history:
+            number, history = self._history.pop()
+            if number != self._run_number:
+                continue
+            if isinstance(history, str):
+                self.run.log(history)
+            else:
+                self.run.set_history(history)
+            events = events or [("history",)]
         if events:
             self.run_panel.show(self.run)
         now = time.monotonic()
@@ -352,6 +460,10 @@ class App(ctk.CTk):
         if events and (ended or now - self._last_run_plot >= RUN_PLOT_MS / 1000):
             self._last_run_plot = now
             self.run_panel.plot(self.run)
+        if ended and (self._history or self._history_thread is not None and self._history_thread.is_alive()):
+            # The earlier steps are still being read: show them before the polling stops.
+            self._run_job = self.after(RUN_POLL_MS, self._poll_run)
+            return
         if ended:
             self.training.join(5)
             self.training = None
@@ -362,7 +474,7 @@ class App(ctk.CTk):
         self._run_job = self.after(RUN_POLL_MS, self._poll_run)
 
     def destroy(self) -> None:
-        for job in (self._refresh_job, self._count_job, self._run_job, self._appearance_job):
+        for job in (self._refresh_job, self._count_job, self._run_job, self._appearance_job, self._preview_job):
             if job is not None:
                 self.after_cancel(job)
         super().destroy()

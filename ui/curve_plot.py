@@ -17,7 +17,7 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
-from matplotlib.ticker import EngFormatter
+from matplotlib.ticker import EngFormatter, Formatter, MaxNLocator
 
 from modules.preview import Preview, envelope
 
@@ -36,6 +36,31 @@ DARK_THEME = {
     "background": "#2b2b2b", "foreground": "#dcdcdc", "grid": "#707070", "epoch": "#9a9a9a",
     "cycle": "#ff7b6b", "checkpoint": "#e8e8e8", "warmup": "#b8912a", "legend": "#333333", "colors": DARK_COLORS,
 }
+
+
+class LrFormatter(Formatter):
+    """LR ticks as users write learning rates: `3e-4`, `1.5e-4`, `0` (plain `0.5`, `2` from 0.01 up)."""
+
+    def __init__(self):
+        self._tick_values: list[float] = []
+
+    def set_locs(self, locs) -> None:
+        self._tick_values = [float(loc) for loc in locs]  # the style is chosen for the axis, not per tick
+
+    def __call__(self, value, pos=None) -> str:
+        largest = max((abs(loc) for loc in self._tick_values), default=abs(value))
+        if value == 0:
+            return "0"
+        if 0.01 <= largest < 1e4:
+            return f"{value:.6g}"
+        mantissa, exponent = f"{value:.3e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def use_step_ticks(axis) -> None:
+    """Whole optimizer steps only ("200 k" for long plans, never "200 m" on a short or empty one)."""
+    axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    axis.set_major_formatter(EngFormatter())
 
 
 class PreviewPlot:
@@ -69,8 +94,9 @@ class PreviewPlot:
         self._needs_full_draw = True
         self.axes.set_xlabel("optimizer step")
         self.axes.set_ylabel("learning rate")
-        self.axes.yaxis.set_major_formatter(EngFormatter(places=2))
-        self.axes.xaxis.set_major_formatter(EngFormatter())  # "200 k" steps rather than an offset "1e6"
+        self.axes.yaxis.set_major_formatter(LrFormatter())
+        use_step_ticks(self.axes.xaxis)  # "200 k" steps rather than an offset "1e6"
+        self.legend_width_pixels: int | None = None  # the legend's own width on `legend_figure`
         self.set_dark(dark)
         if blit:
             figure.canvas.mpl_connect("draw_event", self._on_full_draw)
@@ -178,6 +204,9 @@ class PreviewPlot:
             self.legend_figure.clear()
             handles = [artist for artist in artists if not artist.get_label().startswith("_")]
             legend = self.legend_figure.legend(handles, labels, loc="upper left", borderaxespad=0.2, **style)
+            renderer = self.legend_figure.canvas.get_renderer()
+            # The view sizes the legend's canvas to this, so no empty strip is left beside it.
+            self.legend_width_pixels = math.ceil(legend.get_window_extent(renderer).width) + 6
             self.legend_figure.canvas.draw_idle()
         for text in legend.get_texts():
             text.set_color(theme["foreground"])

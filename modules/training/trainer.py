@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from modules.config import DEFAULT_GROUP_NAME, Preset
-from modules.errors import ConfigError
+from modules.errors import ConfigError, PlanChangedError
 from modules.lr_adapter import set_learning_rates
 from modules.lr_curve import build_lr_curve
 from modules.step_plan import build_step_plan, describe_changes
@@ -186,10 +186,7 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
     if loaded is not None:
         changes = describe_changes(loaded.state.plan_identity, curve.identity())
         if changes and not rebase_schedule:
-            raise ConfigError(
-                f"checkpoint '{folder}' was written for a different plan: {'; '.join(changes)} "
-                f"(use --rebase-schedule to continue at step {loaded.state.global_step} on the new plan)"
-            )
+            raise PlanChangedError(str(folder), changes, loaded.state.global_step)
         if changes:
             say(f"rebasing onto the new plan at step {loaded.state.global_step}: {'; '.join(changes)}")
         if loaded.state.global_step >= total_steps:

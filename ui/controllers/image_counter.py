@@ -3,7 +3,8 @@
 `ImageCounter.lookup(folder)` answers at once: the count (or the
 ConfigError `list_images` raised) when it is known, else None after
 starting a worker thread that counts with `modules.image_listing.list_images`
-(the listing the data loader reads). The view polls `collect()` from a Tk
+(the listing the data loader reads); a folder that does not exist is
+answered at once with its error. The view polls `collect()` from a Tk
 `after` callback; when it returns True a count arrived and the preview is
 recomputed. Results are cached per folder and the folder's modification
 time, so editing other fields never walks 100,000 files again; `forget`
@@ -47,7 +48,8 @@ class ImageCounter:
                 return self._results[key]
             if key in self._running:
                 return None
-        if self.synchronous:
+        if self.synchronous or key[1] is None:
+            # Nothing to walk (the folder does not exist or cannot be read): answer at once.
             self._count(key, folder)
             return self._results[key]
         worker = threading.Thread(target=self._count, args=(key, folder), name="image-counter", daemon=True)

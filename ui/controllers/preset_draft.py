@@ -14,14 +14,26 @@ the curve exports are the CLI's (`LrCurve.write_csv`, `ui.curve_plot`).
 """
 
 import copy
-from dataclasses import dataclass
+import difflib
+import typing
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from modules.config import Preset, migrate, read_preset_file, save_preset, validate_preset
 from modules.errors import ConfigError
 from modules.preview import Preview, build_preview
-from ui.controllers.fields import ALL_FIELDS, PARAM_GROUP_FIELDS, FieldSpec, format_value, parse_text
+from ui.controllers.fields import (
+    ALL_FIELDS,
+    PARAM_GROUP_FIELDS,
+    SCHEDULER_FIELDS,
+    FieldSpec,
+    active_scheduler_keys,
+    format_value,
+    parse_text,
+)
 from ui.controllers.image_counter import ImageCounter
 
 DEFAULTS = Preset().to_json_dict()
@@ -48,6 +60,87 @@ class PreviewState:
     counting: str | None = None  # the folder being counted, while the preview waits for it
     image_count: int | None = None
     preset: Preset | None = None
+    # Valid settings the app itself cannot train (key, message): shown at the field; Start refuses them.
+    start_refusal: tuple[str, str] | None = None
+    revision: int = 0  # the draft revision this state was computed from
+    warnings: tuple[str, ...] = field(default=())  # the plan's warnings about fields the app shows
+
+
+def app_start_refusal(preset: Preset) -> tuple[str, str] | None:
+    """What a valid preset asks that the app's Start cannot do, as (key, message), else None.
+
+    The app trains in one process; several processes need one launcher starting them all.
+    """
+    processes = preset.training.num_processes
+    if processes > 1:
+        return ("training.num_processes",
+                f"the app trains in one process; for {processes}, save the preset and run "
+                f"`accelerate launch --num_processes {processes} scripts/train.py PRESET` "
+                f"(add --cpu to train on CPU), or set 1 here")
+    return None
+
+
+def visible_warnings(warnings: tuple[str, ...], schedule_type: str) -> tuple[str, ...]:
+    """The plan's warnings without those about a scheduler field the type hides in the app.
+
+    A hidden field never shapes the curve (its value only waits there for a switch back to a type
+    that uses it), so a warning that it "has no effect" names something the user cannot see or change.
+    """
+    shown = set(active_scheduler_keys(schedule_type))
+    hidden = [spec.key.split(".", 1)[1] for spec in SCHEDULER_FIELDS if spec.key not in shown]
+    return tuple(line for line in warnings if not any(f"{name} has no effect" in line for name in hidden))
+
+
+@dataclass(frozen=True)
+class UnknownKey:
+    key: str  # dotted, e.g. "scheduler.min_facter" or "optimizer.param_groups.0.lrr"
+    suggestion: str | None  # the nearest allowed name in the same section
+
+    def describe(self) -> str:
+        return f"{self.key} (did you mean '{self.suggestion}'?)" if self.suggestion else self.key
+
+
+def _model_of(annotation) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `ModelSection` or `list[ParamGroup]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in typing.get_args(annotation):
+        found = _model_of(argument)
+        if found is not None:
+            return found
+    return None
+
+
+def unknown_keys(raw: dict) -> list[UnknownKey]:
+    """Every key of `raw` that no preset field has (all of them, not only the first)."""
+    try:
+        Preset.model_validate(migrate(raw))
+    except (ValidationError, ConfigError) as error:
+        errors = error.errors() if isinstance(error, ValidationError) else []
+    else:
+        return []
+    found = []
+    for item in errors:
+        if item["type"] != "extra_forbidden":
+            continue
+        loc = tuple(item["loc"])
+        model: type[BaseModel] | None = Preset
+        for part in loc[:-1]:
+            if model is not None and isinstance(part, str):
+                info = model.model_fields.get(part)
+                model = _model_of(info.annotation) if info is not None else None
+        allowed = list(model.model_fields) if model is not None else []
+        near = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+        found.append(UnknownKey(".".join(str(part) for part in loc), near[0] if near else None))
+    return found
+
+
+def _required_but_empty(raw: dict) -> str | None:
+    """The first field that must have a value but was emptied in its entry."""
+    for key, spec in ALL_FIELDS.items():
+        if not spec.optional and spec.kind not in ("bool", "choice") and _get(raw, key) == "":
+            return key
+    return None
 
 
 def _split(key: str) -> list[str | int]:
@@ -71,6 +164,12 @@ class PresetDraft:
         self.path: Path | None = None
         self.last_valid: Preview | None = None
         self.revision = 0
+        self._clean_raw = copy.deepcopy(self.raw)  # the draft as last loaded or saved
+
+    @property
+    def modified(self) -> bool:
+        """Whether the draft differs from the preset as it was last loaded or saved."""
+        return self.raw != self._clean_raw
 
     # --- reading -----------------------------------------------------------
 
@@ -145,29 +244,68 @@ class PresetDraft:
         del groups[index]
         self.revision += 1
 
+    def unknown_keys(self) -> list[UnknownKey]:
+        return unknown_keys(self.raw)
+
+    def drop_keys(self, keys) -> None:
+        """Remove the dotted `keys` from the draft (the unknown keys of a loaded preset)."""
+        for key in keys:
+            *parents, last = _split(key)
+            node = _get(self.raw, ".".join(str(part) for part in parents)) if parents else self.raw
+            if isinstance(node, dict):
+                node.pop(last, None)
+        self.revision += 1
+
     # --- the one validator ---------------------------------------------------
 
     def evaluate(self) -> PreviewState:
         """Validate the draft and build its preview; keep the last valid preview on error."""
+        return self.accept(self.compute(self.raw, self.revision))
+
+    def snapshot(self) -> tuple[dict, int]:
+        """A copy of the draft and its revision, for `compute` on another thread."""
+        return copy.deepcopy(self.raw), self.revision
+
+    def compute(self, raw: dict, revision: int = 0) -> PreviewState:
+        """The preview of `raw`, or what is wrong with it. Reads nothing of the draft but its image
+        counter (thread-safe), so it may run off the GUI thread; `accept` merges the result."""
+        empty = _required_but_empty(raw)
+        if empty is not None:
+            return PreviewState(None, False, f"{empty}: required (enter a value)", empty, revision=revision)
         try:
-            preset = validate_preset(self.raw)
+            preset = validate_preset(raw)
         except ConfigError as error:
-            return PreviewState(self.last_valid, False, str(error), error.key)
+            return PreviewState(None, False, str(error), error.key, revision=revision)
         count = None
         if preset.data.path:
             found = self.counter.lookup(preset.data.path)
             if found is None:
-                return PreviewState(self.last_valid, False, counting=preset.data.path, preset=preset)
+                return PreviewState(None, False, counting=preset.data.path, preset=preset, revision=revision)
             if isinstance(found, ConfigError):
-                return PreviewState(self.last_valid, False, str(found), found.key, preset=preset)
+                return PreviewState(None, False, str(found), found.key, preset=preset, revision=revision)
             count = found
         try:
             # num_images None with no data.path: the plan raises "data.path: is not set".
             preview = build_preview(preset, count)
+            # The curve is computed on first use: here, so that the caller's thread pays for it.
+            preview.curve.applied_multipliers, preview.curve.effective_multipliers  # noqa: B018
         except ConfigError as error:
-            return PreviewState(self.last_valid, False, str(error), error.key, image_count=count, preset=preset)
-        self.last_valid = preview
-        return PreviewState(preview, True, image_count=count, preset=preset)
+            return PreviewState(None, False, str(error), error.key, image_count=count, preset=preset,
+                                revision=revision)
+        except MemoryError:
+            key = "training.max_steps" if preset.training.max_steps is not None else "training.epochs"
+            return PreviewState(None, False, f"{key}: the plan is too long to compute in memory", key,
+                                image_count=count, preset=preset, revision=revision)
+        return PreviewState(preview, True, image_count=count, preset=preset,
+                            start_refusal=app_start_refusal(preset), revision=revision,
+                            warnings=visible_warnings(preview.plan.warnings, preset.scheduler.type))
+
+    def accept(self, state: PreviewState) -> PreviewState:
+        """Merge a computed state: a fresh preview becomes the last valid one; an error keeps it."""
+        if state.fresh:
+            self.last_valid = state.preview
+            return state
+        return replace(state, preview=self.last_valid)
 
     def wait_for_images(self) -> PreviewState:
         """Evaluate, waiting for a running image count first (scripts and tests)."""
@@ -196,12 +334,14 @@ class PresetDraft:
         self.raw = raw
         self.path = Path(path)
         self.revision += 1
+        self._clean_raw = copy.deepcopy(raw)
 
     def save(self, path: str | Path) -> None:
         """Write the draft as a full, validated preset (refused with the validator's line if invalid)."""
         preview = self.current_preview()
         save_preset(preview.preset, path)
         self.path = Path(path)
+        self._clean_raw = copy.deepcopy(self.raw)
 
     def export_csv(self, path: str | Path) -> None:
         """The curve as `step,lr/<group>...`, exactly what `scripts/preview.py --csv` writes."""

@@ -5,11 +5,18 @@ docstring for their form) and keeps the progress (step/total, ETA), the
 latest loss and LRs, the LR each group really used at each step (drawn over
 the planned curve), the loss history and the log. It knows nothing of
 processes or widgets; the view feeds it events and draws its getters.
+
+After Resume, the steps before the resume point come from the run's
+TensorBoard log (`set_history`, `ui.controllers.run_history`), so the plots
+show the whole run. A start that fails before its first step keeps the
+previous run's plots (`plotted`).
 """
 
+import copy
 from dataclasses import dataclass, field
 
 from modules.preview import Preview
+from ui.controllers.run_history import RunHistory
 
 MAX_LOG_LINES = 2000
 
@@ -42,10 +49,17 @@ class RunController:
     error: str | None = None
     result: dict | None = None
     new_log_lines: list[str] = field(default_factory=list)
+    history: RunHistory = field(default_factory=RunHistory)  # steps logged before this run resumed
+    previous: "RunController | None" = None  # the run shown before this one started
+    plan_change: dict | None = None  # Resume refused for a changed plan: {checkpoint, changes, step}
 
     def start(self, planned: Preview, resume: bool) -> None:
         """Reset for a new run of `planned`."""
+        previous = copy.copy(self) if self.planned is not None else None
+        if previous is not None:
+            previous.previous = None
         self.__init__(planned=planned, status="running", total_steps=planned.plan.total_steps)
+        self.previous = previous
         self.log(("Resuming from the newest checkpoint: " if resume else "Starting: ") + planned.plan.summary())
 
     def request_stop(self) -> None:
@@ -89,6 +103,9 @@ class RunController:
             done = self.result.get("finished")
             self.status = "finished" if done else "stopped"
             self.step = int(self.result.get("completed_steps", self.step))
+            if self.step > 0 and self.planned is not None:
+                # The epoch of the last step taken (a resume of a finished run reports no step).
+                self.epoch = min(self.planned.plan.position(self.step - 1)[0], self.planned.plan.num_epochs - 1)
             if done:
                 self.log(f"Finished {self.step} steps; output in {self.result.get('output_dir')}")
             else:
@@ -98,6 +115,8 @@ class RunController:
         elif kind == "failed":
             self.status = "failed"
             self.error = str(event[1])
+            info = event[3] if len(event) > 3 and isinstance(event[3], dict) else {}
+            self.plan_change = info.get("plan_changed")
             if len(event) > 2 and event[2]:
                 self.log(str(event[2]).rstrip())
             self.log(f"Error: {self.error}")
@@ -108,9 +127,21 @@ class RunController:
     def fraction(self) -> float:
         return self.step / self.total_steps if self.total_steps else 0.0
 
+    def set_history(self, history: RunHistory) -> None:
+        """The steps the run logged before this session (read from its TensorBoard log)."""
+        self.history = history
+
+    def plotted(self) -> "RunController":
+        """The run the plots show: this one, or the previous one if this one failed before any step."""
+        if self.status == "failed" and not self.used_steps and self.previous is not None:
+            return self.previous
+        return self
+
     def progress_text(self) -> str:
         if self.status == "idle":
             return "Not started"
+        if self.plotted() is not self:
+            return "Not started; the plots show the previous run   [failed]"
         text = f"step {self.step} / {self.total_steps}"
         if self.total_steps:
             text += f" ({100 * self.fraction:.0f}%)"
@@ -125,23 +156,37 @@ class RunController:
         lrs = ", ".join(f"{name} {lr:.3e}" for name, lr in self.lrs.items()) or "--"
         return f"loss {loss}    LR {lrs}"
 
+    def _series(self) -> tuple[list[int], dict[str, list[float]], list[float]]:
+        """Steps, LRs and losses: the history before the first step of this session, then this session's."""
+        history = self.history
+        if not history.steps:
+            return self.used_steps, self.used_lrs, self.losses
+        first_live = self.used_steps[0] if self.used_steps else None
+        keep = len(history.steps) if first_live is None else next(
+            (index for index, step in enumerate(history.steps) if step >= first_live), len(history.steps))
+        names = list(dict.fromkeys([*history.lrs, *self.used_lrs]))
+        lrs = {name: list(history.lrs.get(name, [float("nan")] * len(history.steps))[:keep])
+               + self.used_lrs.get(name, [float("nan")] * len(self.used_steps)) for name in names}
+        return history.steps[:keep] + self.used_steps, lrs, history.losses[:keep] + self.losses
+
     def actual_lrs(self, max_points: int | None = None) -> dict[str, tuple[list[int], list[float]]]:
         """Group -> (steps, LR used): `draw_preview`'s `actual` argument.
 
         With `max_points`, a long run is thinned to about that many evenly spaced steps (the last
         one always kept) so that redrawing it stays quick; the full record stays here.
         """
-        keep = self._thinned(max_points)
-        return {name: ([self.used_steps[i] for i in keep], [lrs[i] for i in keep])
-                for name, lrs in self.used_lrs.items()}
+        steps, lrs, _ = self._series()
+        keep = _thinned(len(steps), max_points)
+        return {name: ([steps[i] for i in keep], [values[i] for i in keep]) for name, values in lrs.items()}
 
     def loss_points(self, max_points: int | None = None) -> tuple[list[int], list[float]]:
-        keep = self._thinned(max_points)
-        return [self.used_steps[i] for i in keep], [self.losses[i] for i in keep]
+        steps, _, losses = self._series()
+        keep = _thinned(len(steps), max_points)
+        return [steps[i] for i in keep], [losses[i] for i in keep]
 
-    def _thinned(self, max_points: int | None) -> range | list[int]:
-        count = len(self.used_steps)
-        if max_points is None or count <= max_points:
-            return range(count)
-        stride = -(-count // max_points)
-        return [*range(0, count - 1, stride), count - 1]
+
+def _thinned(count: int, max_points: int | None) -> range | list[int]:
+    if max_points is None or count <= max_points:
+        return range(count)
+    stride = -(-count // max_points)
+    return [*range(0, count - 1, stride), count - 1]

@@ -25,6 +25,12 @@ def _default_border():
 
 
 class FieldRow(ctk.CTkFrame):
+    """One field: the label, input, Browse button and note on one line; the hint and the
+    validator's message below it, wrapped to the row's width.
+
+    The line is a frame of its own, so a message appearing below never moves the input sideways.
+    """
+
     def __init__(self, master, spec: FieldSpec, on_edit: Callable[[str, object], None],
                  on_browse: Callable[[str], None] | None = None):
         super().__init__(master, fg_color="transparent")
@@ -32,31 +38,43 @@ class FieldRow(ctk.CTkFrame):
         self._on_edit = on_edit
         self._quiet = False
         wide = spec.kind == "folder"
-        self.grid_columnconfigure(1, weight=1 if wide else 0)
-        ctk.CTkLabel(self, text=spec.label, width=LABEL_WIDTH, anchor="w").grid(row=0, column=0, sticky="w")
+        self.grid_columnconfigure(0, weight=1)
+        self.line = ctk.CTkFrame(self, fg_color="transparent")
+        self.line.grid(row=0, column=0, sticky="we")
+        self.line.grid_columnconfigure(1, weight=1 if wide else 0)
+        ctk.CTkLabel(self.line, text=spec.label, width=LABEL_WIDTH, anchor="w").grid(row=0, column=0, sticky="w")
         if spec.kind == "bool":
             self.variable = ctk.BooleanVar(value=False)
-            self.input = ctk.CTkCheckBox(self, text="", variable=self.variable, width=24,
+            self.input = ctk.CTkCheckBox(self.line, text="", variable=self.variable, width=24,
                                          command=lambda: self._edited(self.variable.get()))
         elif spec.kind == "choice":
             self.variable = ctk.StringVar(value=spec.choices[0])
-            self.input = ctk.CTkOptionMenu(self, values=list(spec.choices), variable=self.variable,
+            self.input = ctk.CTkOptionMenu(self.line, values=list(spec.choices), variable=self.variable,
                                            width=ENTRY_WIDTH, dynamic_resizing=False, command=self._edited)
         else:
             self.variable = ctk.StringVar(value="")
-            self.input = ctk.CTkEntry(self, textvariable=self.variable, width=FOLDER_WIDTH if wide else ENTRY_WIDTH)
+            self.input = ctk.CTkEntry(self.line, textvariable=self.variable,
+                                      width=FOLDER_WIDTH if wide else ENTRY_WIDTH)
             self.variable.trace_add("write", lambda *_: self._edited(self.variable.get()))
         self.input.grid(row=0, column=1, sticky="we" if wide else "w", padx=(4, 0))
         if spec.kind == "folder" and on_browse is not None:
-            ctk.CTkButton(self, text="Browse...", width=76, command=lambda: on_browse(spec.key)).grid(
+            ctk.CTkButton(self.line, text="Browse...", width=76, command=lambda: on_browse(spec.key)).grid(
                 row=0, column=2, padx=(4, 0))
-        self.note = ctk.CTkLabel(self, text="", anchor="w", font=ctk.CTkFont(size=12, weight="bold"))
+        self.note = ctk.CTkLabel(self.line, text="", anchor="w", font=ctk.CTkFont(size=12, weight="bold"))
         self.hint = ctk.CTkLabel(self, text=spec.hint, anchor="w", justify="left", text_color=HINT_COLOR,
-                                 font=ctk.CTkFont(size=11), wraplength=LABEL_WIDTH + ENTRY_WIDTH + 60)
-        self.hint.grid(row=1, column=0, columnspan=3, sticky="w")
+                                 font=ctk.CTkFont(size=11), wraplength=LABEL_WIDTH + ENTRY_WIDTH)
+        self.hint.grid(row=1, column=0, sticky="w")
         self.message = ctk.CTkLabel(self, text="", anchor="w", justify="left", text_color=ERROR_COLOR,
-                                    font=ctk.CTkFont(size=11), wraplength=LABEL_WIDTH + ENTRY_WIDTH + 60)
+                                    font=ctk.CTkFont(size=11), wraplength=LABEL_WIDTH + ENTRY_WIDTH)
         self.error: str | None = None
+        self.bind("<Configure>", self._rewrap, add="+")
+
+    def _rewrap(self, event) -> None:
+        """Wrap the hint and the message at the row's width (in customtkinter's unscaled pixels)."""
+        width = max(120, int(event.width / self._get_widget_scaling()) - 8)
+        for label in (self.hint, self.message):
+            if label.cget("wraplength") != width:
+                label.configure(wraplength=width)
 
     def _edited(self, value) -> None:
         if not self._quiet:
@@ -91,7 +109,7 @@ class FieldRow(ctk.CTkFrame):
             self.input.configure(border_color=ERROR_COLOR if message else _default_border())
         if message:
             self.message.configure(text=message)
-            self.message.grid(row=2, column=0, columnspan=4, sticky="w")
+            self.message.grid(row=2, column=0, sticky="w")
         else:
             self.message.grid_remove()
 

@@ -61,6 +61,13 @@ class PreviewPanel(ctk.CTkFrame):
         for label in (self.summary, self.message, self.warnings):
             label.configure(wraplength=width)
 
+    def _fit_legend(self) -> None:
+        """The legend's canvas as wide as the legend, so the plot gets the rest of the width."""
+        width = self.plot.legend_width_pixels
+        widget = self.legend_canvas.get_tk_widget()
+        if width is not None and int(widget.cget("width")) != width:
+            widget.configure(width=width)
+
     def show(self, state: PreviewState) -> None:
         dark = is_dark()
         if dark != self.plot.dark:
@@ -68,11 +75,13 @@ class PreviewPanel(ctk.CTkFrame):
             self.shown = None
         if state.preview is not None and state.preview is not self.shown:
             self.plot.update(state.preview, title="")
+            self._fit_legend()
             self.shown = state.preview
             self.plot.render()
             plan = state.preview.plan
             self.summary.configure(text=plan.summary())
-            self.warnings.configure(text="\n".join(f"warning: {line}" for line in plan.warnings))
+        if state.fresh:
+            self.warnings.configure(text="\n".join(f"warning: {line}" for line in state.warnings))
         if state.error:
             stale = " (the curve shows the last valid settings)" if state.preview is not None else ""
             self.message.configure(text=f"{state.error}{stale}")

@@ -3,7 +3,8 @@
 `RunPanel` only draws a `RunController`: `show(run)` updates the texts and
 progress bar, `plot(run)` redraws the planned LR curve with the LR really
 used at each step over it (`PreviewPlot.update(actual=...)`) and the loss
-beside it. The buttons call the injected callbacks.
+beside it. The buttons call the injected callbacks; "Continue on the new
+plan" appears only after Resume was refused because the plan changed.
 """
 
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import customtkinter as ctk
 from matplotlib.backends.backend_tkagg import FigureCanvasTkAgg
 
 from ui.controllers.run_controller import RunController
-from ui.curve_plot import PreviewPlot, style_axes
+from ui.curve_plot import PreviewPlot, style_axes, use_step_ticks
 from ui.views.fields_panel import ERROR_COLOR
 from ui.views.preview_panel import PREVIEW_LINE_POINTS, is_dark, make_figure
 
@@ -21,7 +22,7 @@ MAX_RUN_POINTS = 3000  # steps drawn while training; a longer run is thinned eve
 
 class RunPanel(ctk.CTkFrame):
     def __init__(self, master, on_start: Callable[[], None], on_stop: Callable[[], None],
-                 on_resume: Callable[[], None]):
+                 on_resume: Callable[[], None], on_rebase: Callable[[], None]):
         super().__init__(master, fg_color="transparent")
         self.grid_columnconfigure(0, weight=1)
         self.grid_rowconfigure(3, weight=3)
@@ -35,6 +36,7 @@ class RunPanel(ctk.CTkFrame):
         self.resume_button = ctk.CTkButton(buttons, text="Resume", width=110, command=on_resume)
         for button in (self.start_button, self.stop_button, self.resume_button):
             button.pack(side="left", padx=(0, 8))
+        self.rebase_button = ctk.CTkButton(buttons, text="Continue on the new plan", width=190, command=on_rebase)
         ctk.CTkLabel(buttons, text="Start trains the settings on screen; Resume continues from the newest "
                                    "checkpoint in the output folder.", anchor="w").pack(side="left", padx=8)
 
@@ -57,7 +59,10 @@ class RunPanel(ctk.CTkFrame):
         (self.loss_line,) = self.loss_axes.plot([], [], lw=1.0)
         self.loss_axes.set_xlabel("optimizer step")
         self.loss_axes.set_ylabel("loss")
+        use_step_ticks(self.loss_axes.xaxis)
         self._style_loss_axes()
+        self._show_tick_labels(lr_axes, False)  # nothing to read on an empty plot
+        self._show_tick_labels(self.loss_axes, False)
         self.canvas = FigureCanvasTkAgg(self.figure, master=self)
         self.canvas.get_tk_widget().grid(row=3, column=0, sticky="nsew", padx=8, pady=4)
 
@@ -69,6 +74,10 @@ class RunPanel(ctk.CTkFrame):
         theme = self.lr_plot.theme
         style_axes(self.loss_axes, theme)
         self.loss_line.set_color(theme["colors"][2])
+
+    @staticmethod
+    def _show_tick_labels(axes, shown: bool, y_shown: bool | None = None) -> None:
+        axes.tick_params(labelbottom=shown, labelleft=shown if y_shown is None else y_shown)
 
     def set_buttons(self, active: bool, can_stop: bool) -> None:
         self.start_button.configure(state="disabled" if active else "normal")
@@ -85,6 +94,11 @@ class RunPanel(ctk.CTkFrame):
             self.error_label.grid(row=2, column=0, sticky="we", padx=8)
         else:
             self.error_label.grid_remove()
+        if run.plan_change and not run.active:
+            if not self.rebase_button.winfo_manager():
+                self.rebase_button.pack(side="left", padx=(0, 8), after=self.resume_button)
+        else:
+            self.rebase_button.pack_forget()
         lines = run.take_new_log_lines()
         if lines:
             self.log_box.configure(state="normal")
@@ -102,11 +116,14 @@ class RunPanel(ctk.CTkFrame):
             self.lr_plot.set_dark(dark)
             self._style_loss_axes()
             self.canvas.draw_idle()
+        run = run.plotted()
         if run.planned is None:
             return
         title = "learning rate: planned and used" if run.status != "idle" else "learning rate: the plan Start trains"
         self.lr_plot.update(run.planned, actual=run.actual_lrs(MAX_RUN_POINTS), title=title)
         steps, losses = run.loss_points(MAX_RUN_POINTS)
+        self._show_tick_labels(self.lr_plot.axes, True)
+        self._show_tick_labels(self.loss_axes, True, y_shown=bool(steps))
         self.loss_line.set_data(steps, losses)
         self.loss_axes.set_xlim(0, max(run.planned.plan.total_steps, 1))
         if steps:
