@@ -21,11 +21,19 @@ xvfb:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb >/dev/null) || \
 		echo "note: Xvfb is not installed; the tests that open the real window will be skipped"; }
 
-# The demo starts afresh each time: output/demo is the demo's own scratch folder.
+# The demo starts afresh each time: output/demo, output/tiny_sd and output/text_to_image_demo are its
+# own scratch folders. The second half builds a tiny Stable Diffusion pipeline with random weights
+# (there are no real weights offline) and trains the text-to-image LoRA preset on it. The demo's
+# models are tiny: one torch thread is quickest for them (and fair to a shared machine).
+demo: export OMP_NUM_THREADS = 1
 demo: setup
-	rm -rf output/demo
+	rm -rf output/demo output/tiny_sd output/text_to_image_demo
 	$(PY) scripts/preview.py training_presets/demo.json --csv output/demo/preview.csv --png output/demo/preview.png
 	$(PY) scripts/train.py training_presets/demo.json
+	$(PY) scripts/build_tiny_pipeline.py --type stable_diffusion output/tiny_sd
+	$(PY) scripts/preview.py training_presets/text_to_image_demo.json \
+		--csv output/text_to_image_demo/preview.csv --png output/text_to_image_demo/preview.png
+	$(PY) scripts/train.py training_presets/text_to_image_demo.json
 
 test: setup xvfb
 	$(PY) -m pytest

@@ -82,13 +82,20 @@ def _scheduler():
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         prediction_type="epsilon", clip_sample=False)
+                         prediction_type="epsilon", clip_sample=False, steps_offset=1)
 
 
 def build_tiny_pipeline(pipeline_type: str, folder: str | Path, seed: int = 0, sample_size: int = 16) -> Path:
     """Write a tiny `pipeline_type` pipeline with random weights (from `seed`) into `folder`; return it."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # no warnings about image-processor backends a pipeline never uses
+    try:
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    finally:
+        transformers_logging.set_verbosity(verbosity)
 
     if pipeline_type not in TINY_PIPELINE_TYPES:
         raise ValueError(f"unknown pipeline type {pipeline_type!r} (allowed: {', '.join(TINY_PIPELINE_TYPES)})")

@@ -60,11 +60,15 @@ def _quiet_loading():
     from transformers.utils import logging as transformers_logging
 
     shown = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    verbosity = transformers_logging.get_verbosity()
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    # Importing the pipeline classes warns about optional image-processor backends training never uses.
+    transformers_logging.set_verbosity_error()
     try:
         yield
     finally:
+        transformers_logging.set_verbosity(verbosity)
         if shown[0]:
             diffusers_logging.enable_progress_bar()
         if shown[1]:
@@ -166,9 +170,9 @@ class StableDiffusionFamily(Family):
         import diffusers
 
         cls.check_folder(folder)
-        pipeline_class = getattr(diffusers, cls.PIPELINE_CLASS)
         try:
             with _quiet_loading():
+                pipeline_class = getattr(diffusers, cls.PIPELINE_CLASS)
                 pipeline = pipeline_class.from_pretrained(folder, local_files_only=True, **cls.OPTIONAL_NONE)
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as error:
             raise ConfigError(f"cannot load the {cls.PIPELINE_CLASS} in '{folder}': {_first_line(error)}",
