@@ -219,6 +219,8 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
     device = accelerator.device
+    # Listed once: walking a pipeline's module tree for its parameters costs milliseconds per step.
+    trained_parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
     if loaded is not None:
         try:
             optimizer.load_state_dict(loaded.optimizer["optimizer"])
@@ -323,7 +325,7 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
                     accelerator.backward(loss / in_window)
                 loss_sum += loss.detach()
             if preset.training.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), preset.training.max_grad_norm)
+                accelerator.clip_grad_norm_(trained_parameters, preset.training.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             lrs = dict(zip(group_names, logged_lrs(optimizer)))

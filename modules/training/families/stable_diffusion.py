@@ -98,10 +98,11 @@ class TextToImageLossModel(torch.nn.Module):
 
     def forward(self, batch, generator: torch.Generator) -> torch.Tensor:
         family = self.family[0]
-        device = self.unet.device
+        # A weight's device and dtype, not ModelMixin.device / .dtype: those walk every module on each call.
+        device = self.unet.conv_in.weight.device
         captions = family.captions_of(batch, generator)
         with torch.no_grad():
-            pixels = batch.pixels.to(device, dtype=self.vae.dtype)
+            pixels = batch.pixels.to(device, dtype=self.vae.encoder.conv_in.weight.dtype)
             latents = self.vae.encode(pixels).latent_dist.sample(generator=generator)
             latents = latents * self.vae.config.scaling_factor
         noise, timesteps = draw_noise(latents.shape, family.noise_scheduler.config.num_train_timesteps, generator,
@@ -133,6 +134,7 @@ class StableDiffusionFamily(Family):
         if preset.output.sample_every is not None and not preset.output.sample_prompts:
             raise ConfigError("is set, but a text-to-image model samples output.sample_prompts, which is empty",
                               "output.sample_every")
+        self._token_ids: dict[int, dict[str, torch.Tensor]] = {}
         self.captions = load_captions(list_images(preset.data.path), preset.data.caption_extension,
                                       preset.data.default_caption)
         self.pipeline = self.load_pipeline(preset.model.path)
@@ -225,8 +227,14 @@ class StableDiffusionFamily(Family):
         return ["" if drop else self.captions[Path(path)] for path, drop in zip(batch.paths, dropped.tolist())]
 
     def tokenize(self, tokenizer, captions: list[str], device) -> torch.Tensor:
-        return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                         return_tensors="pt").input_ids.to(device)
+        """Token ids (len(captions), model_max_length); each distinct caption is tokenized once per tokenizer."""
+        cache = self._token_ids.setdefault(id(tokenizer), {})
+        new = [caption for caption in dict.fromkeys(captions) if caption not in cache]
+        if new:
+            ids = tokenizer(new, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids
+            cache.update(zip(new, ids))
+        return torch.stack([cache[caption] for caption in captions]).to(device)
 
     def encode(self, captions: list[str], batch, device):
         """(encoder_hidden_states, added_cond_kwargs) for the UNet, as diffusers' train_text_to_image scripts."""
