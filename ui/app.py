@@ -22,6 +22,8 @@ import customtkinter as ctk
 from modules.errors import ConfigError
 from ui.controllers.fields import (
     DATA_MODEL_FIELDS,
+    LORA_FIELDS,
+    METHOD_FIELD,
     OUTPUT_FIELDS,
     SCHEDULER_FIELDS,
     SCHEDULER_TYPE_FIELD,
@@ -129,10 +131,16 @@ class App(ctk.CTk):
     # --- layout ----------------------------------------------------------------
 
     def _build_data_tab(self, tab) -> None:
+        tab.grid_columnconfigure(0, weight=3, uniform="columns")
+        tab.grid_columnconfigure(1, weight=2, uniform="columns")
+        tab.grid_rowconfigure(0, weight=1)
         self.data_panel = FieldsPanel(tab, DATA_MODEL_FIELDS, self.edit, self.browse, title="Dataset and model")
-        self.data_panel.pack(fill="both", expand=True)
+        self.data_panel.grid(row=0, column=0, sticky="nsew", padx=(0, 6))
         self.data_panel.add_widget(ctk.CTkButton(self.data_panel, text="Count the images again", width=180,
                                                  command=self.recount), sticky="w")
+        # Text-to-image models: LoRA or full; the LoRA rows only with training.method "lora".
+        self.lora_panel = FieldsPanel(tab, (METHOD_FIELD, *LORA_FIELDS), self.edit, title="Text-to-image training")
+        self.lora_panel.grid(row=0, column=1, sticky="nsew")
 
     def _build_training_tab(self, tab) -> None:
         tab.grid_columnconfigure((0, 1), weight=1, uniform="columns")
@@ -156,7 +164,7 @@ class App(ctk.CTk):
 
     @property
     def panels(self) -> tuple[FieldsPanel, ...]:
-        return self.data_panel, self.training_panel, self.output_panel, self.scheduler_panel
+        return self.data_panel, self.lora_panel, self.training_panel, self.output_panel, self.scheduler_panel
 
     def field_row(self, key: str):
         for panel in self.panels:
@@ -173,6 +181,8 @@ class App(ctk.CTk):
                 row.set_value(self.draft.text(key))
         self.groups_editor.set_groups(self.draft.groups())
         self.scheduler_panel.show_only(("scheduler.type", *active_scheduler_keys(self.draft.schedule_type)))
+        lora_rows = tuple(spec.key for spec in LORA_FIELDS) if self.draft.value("training.method") == "lora" else ()
+        self.lora_panel.show_only((METHOD_FIELD.key, *lora_rows))
         self.show_path()
 
     def show_path(self) -> None:
@@ -184,7 +194,7 @@ class App(ctk.CTk):
 
     def edit(self, key: str, value) -> None:
         self.draft.set_text(key, value)
-        if key == "scheduler.type":
+        if key in ("scheduler.type", "training.method"):
             self.show_draft()
         self.schedule_refresh()
 
@@ -228,6 +238,7 @@ class App(ctk.CTk):
         if chosen:
             if key == "data.path":
                 self.draft.counter.forget(chosen)
+                self.draft.caption_counter.forget(chosen)
             self.field_row(key).set_value(chosen)
             self.edit(key, chosen)
 
@@ -235,6 +246,7 @@ class App(ctk.CTk):
         path = self.draft.value("data.path")
         if path:
             self.draft.counter.forget(path)
+            self.draft.caption_counter.forget(path)
         self.schedule_refresh()
 
     def schedule_refresh(self) -> None:
@@ -278,6 +290,19 @@ class App(ctk.CTk):
         elif state.error_key == "data.path" or (path_row.note.cget("text") == "counting ..."
                                                  and not self.draft.counter.busy):
             path_row.set_note("")  # a folder's problem is the message under it
+        self._show_captions(state)
+
+    def _show_captions(self, state: PreviewState) -> None:
+        """Text-to-image models: how many images have a caption, beside the caption extension."""
+        row = self.data_panel.rows["data.caption_extension"]
+        if state.counting_captions:
+            row.set_note("counting captions ...")
+            if self._count_job is None:
+                self._count_job = self.after(COUNT_POLL_MS, self._poll_count)
+        elif state.captions is not None and state.preset is not None:
+            row.set_note(state.captions.describe(state.preset.data.default_caption))
+        elif state.fresh or not self.draft.caption_counter.busy:
+            row.set_note("")
 
     def _plot_plan_on_run_tab(self) -> None:
         """Before the first run, the Run tab shows the plan Start would train (drawn only when shown)."""
@@ -316,9 +341,11 @@ class App(ctk.CTk):
 
     def _poll_count(self) -> None:
         self._count_job = None
-        if self.draft.counter.collect():
+        arrived = self.draft.counter.collect()
+        arrived = self.draft.caption_counter.collect() or arrived
+        if arrived:
             self.refresh()
-        elif self.draft.counter.busy:
+        elif self.draft.counter.busy or self.draft.caption_counter.busy:
             self._count_job = self.after(COUNT_POLL_MS, self._poll_count)
         else:
             self.refresh()

@@ -63,6 +63,22 @@ def use_step_ticks(axis) -> None:
     axis.set_major_formatter(EngFormatter())
 
 
+def stopped_envelope(base_lr: float, steps: np.ndarray, low: np.ndarray, high: np.ndarray, total: int,
+                     stop_step: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """One group's (low, high) LR per bin: base_lr times the multiplier envelope, 0 from `stop_step` on.
+
+    A group with a stop (optimizer.text_encoder_stop_after) trains at LR 0 from that step, as
+    `LrCurve.effective_table` says: bins that start at or after it are 0, and a bin that straddles
+    it reaches down to 0.
+    """
+    group_low, group_high = base_lr * low, base_lr * high
+    if stop_step is not None and stop_step < total:
+        ends = np.append(steps[1:], total)
+        group_low = np.where(ends > stop_step, 0.0, group_low)
+        group_high = np.where(steps >= stop_step, 0.0, group_high)
+    return group_low, group_high
+
+
 class PreviewPlot:
     """The LR preview on one axes of `figure`, redrawn in place by `update`.
 
@@ -146,19 +162,21 @@ class PreviewPlot:
 
         colors = theme["colors"]
         self.curve_artists = {}
+        stop_steps = curve.stop_steps or (None,) * len(curve.group_names)
         for index, name in enumerate(curve.group_names):
             color = colors[index % len(colors)]
-            base_lr = curve.base_lrs[index]
+            group_low, group_high = stopped_envelope(curve.base_lrs[index], steps, low, high, total,
+                                                     stop_steps[index])
             if total <= self.max_line_points:
                 # steps-post: the LR of step k holds from k to k + 1, so repeat the last value at T.
                 (self.curve_artists[name],) = axes.plot(
-                    np.append(steps, total), base_lr * np.append(high, high[-1]), color=color, lw=1.6,
+                    np.append(steps, total), np.append(group_high, group_high[-1]), color=color, lw=1.6,
                     label=f"lr/{name}", drawstyle="steps-post")
             else:
                 # Each bin is a rectangle from its low to its high, held until the next bin starts.
                 edges = np.append(steps, total)
                 self.curve_artists[name] = axes.fill_between(
-                    np.repeat(edges, 2)[1:-1], base_lr * np.repeat(low, 2), base_lr * np.repeat(high, 2),
+                    np.repeat(edges, 2)[1:-1], np.repeat(group_low, 2), np.repeat(group_high, 2),
                     color=color, alpha=0.55, lw=0.8, label=f"lr/{name} (min-max)")
             added.append(self.curve_artists[name])
             if actual and name in actual:

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from modules.config import MODEL_CONFIGS, OPTIMIZER_TYPES, SCHEDULER_TYPES
+from modules.config import MODEL_CONFIGS, MODEL_TYPES, OPTIMIZER_TYPES, SCHEDULER_TYPES, TRAINING_METHODS
 
 NONE_CHOICE = "(none)"
 DURATION_HINT = 'steps, "10%" of the run or "1.5 epochs"'
@@ -41,6 +41,27 @@ DATA_MODEL_FIELDS = (
     FieldSpec("model.path", "Model folder", "folder", "a local diffusers folder (instead of a built-in model)",
               optional=True),
     FieldSpec("model.resolution", "Resolution", "int", "training image size in pixels, a multiple of 8"),
+    FieldSpec("model.type", "Model type", "choice",
+              "auto reads the folder's model_index.json; SD / SDXL train on captioned images",
+              choices=MODEL_TYPES),
+    FieldSpec("data.caption_extension", "Caption extension", "text", "the caption of x.png is x + this, e.g. .txt"),
+    FieldSpec("data.default_caption", "Default caption", "text",
+              "for images without a caption file; empty: such an image is an error", optional=True),
+    FieldSpec("data.caption_dropout", "Caption dropout", "float",
+              "probability that a sample trains with the empty caption (0..1)"),
+)
+
+# Text-to-image models (stable_diffusion, stable_diffusion_xl): how they train. The lora.* rows are
+# shown only with training.method "lora" (a LoRA option with "full" is an error).
+METHOD_FIELD = FieldSpec("training.method", "Method", "choice", "lora: small adapters; full: every weight",
+                         choices=TRAINING_METHODS)
+LORA_FIELDS = (
+    FieldSpec("lora.rank", "LoRA rank", "int", "adapter rank (>= 1); larger: more capacity, bigger files"),
+    FieldSpec("lora.alpha", "LoRA alpha", "float", "the adapter's scale is alpha / rank; empty: the rank",
+              optional=True),
+    FieldSpec("lora.dropout", "LoRA dropout", "float", "dropout inside the adapters (0..<1)"),
+    FieldSpec("lora.target_modules", "Target modules", "json",
+              'UNet modules that get adapters, e.g. ["to_q", "to_k", "to_v", "to_out.0"]'),
 )
 
 TRAINING_FIELDS = (
@@ -59,6 +80,10 @@ TRAINING_FIELDS = (
               choices=OPTIMIZER_TYPES),
     FieldSpec("optimizer.lr", "Learning rate", "float", "peak LR of the parameters no group matches (group unet)"),
     FieldSpec("optimizer.weight_decay", "Weight decay", "float", "decoupled weight decay"),
+    FieldSpec("optimizer.text_encoder_lr", "Text encoder LR", "float",
+              "SD / SDXL: peak LR of the text encoder(s); empty: they stay frozen", optional=True),
+    FieldSpec("optimizer.text_encoder_stop_after", "Text encoder stop", "duration",
+              "text encoders train at LR 0 from then on: " + DURATION_HINT + "; empty: never", optional=True),
 )
 
 OUTPUT_FIELDS = (
@@ -66,6 +91,9 @@ OUTPUT_FIELDS = (
     FieldSpec("output.checkpoint_every", "Checkpoint every", "duration", DURATION_HINT + "; empty: only at the end",
               optional=True),
     FieldSpec("output.keep_checkpoints", "Keep checkpoints", "int", "older checkpoints are deleted"),
+    FieldSpec("output.sample_every", "Sample every", "duration", DURATION_HINT + "; empty: never", optional=True),
+    FieldSpec("output.sample_prompts", "Sample prompts", "json",
+              'SD / SDXL: the prompts sampled, e.g. ["a photo of a cat"]'),
 )
 
 SCHEDULER_TYPE_FIELD = FieldSpec("scheduler.type", "Schedule", "choice", "the shape of the LR over the run",
@@ -87,8 +115,8 @@ SCHEDULER_FIELDS = (
               optional=True),
 )
 
-ALL_FIELDS = {spec.key: spec for spec in (*DATA_MODEL_FIELDS, *TRAINING_FIELDS, *OUTPUT_FIELDS, SCHEDULER_TYPE_FIELD,
-                                          *SCHEDULER_FIELDS)}
+ALL_FIELDS = {spec.key: spec for spec in (*DATA_MODEL_FIELDS, METHOD_FIELD, *LORA_FIELDS, *TRAINING_FIELDS,
+                                          *OUTPUT_FIELDS, SCHEDULER_TYPE_FIELD, *SCHEDULER_FIELDS)}
 
 PARAM_GROUP_FIELDS = {
     "name": FieldSpec("name", "Name", "text"),

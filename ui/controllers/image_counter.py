@@ -9,25 +9,32 @@ answered at once with its error. The view polls `collect()` from a Tk
 recomputed. Results are cached per folder and the folder's modification
 time, so editing other fields never walks 100,000 files again; `forget`
 drops a folder's entry (the "recount" button).
+
+`CaptionCounter` is the same for captions: `lookup(folder, extension)`
+answers a `modules.captions.CaptionSummary` (how many of the folder's images
+have a caption file), counted on a worker thread, cached per folder, its
+modification time (a caption added or removed changes it) and the extension.
 """
 
 import os
 import threading
 from pathlib import Path
 
+from modules.captions import CaptionSummary, summarize_captions
 from modules.errors import ConfigError
 from modules.image_listing import list_images
 
-Result = int | ConfigError
+Result = int | CaptionSummary | ConfigError
 
 
-def _folder_key(folder: str) -> tuple[str, int | None]:
+def _folder_key(folder: str, extra: tuple = ()) -> tuple:
+    """(resolved path, modification time or None, *extra)."""
     path = Path(folder).expanduser().resolve()
     try:
         modified_ns = os.stat(path).st_mtime_ns
     except OSError:
         modified_ns = None
-    return str(path), modified_ns
+    return (str(path), modified_ns, *extra)
 
 
 class ImageCounter:
@@ -40,9 +47,9 @@ class ImageCounter:
         self._lock = threading.Lock()
         self.walks = 0  # how many times a folder was listed (the cache keeps this low)
 
-    def lookup(self, folder: str) -> Result | None:
+    def lookup(self, folder: str, *extra) -> Result | None:
         """The count for `folder`, its error, or None while it is being counted."""
-        key = _folder_key(folder)
+        key = _folder_key(folder, extra)
         with self._lock:
             if key in self._results:
                 return self._results[key]
@@ -50,17 +57,21 @@ class ImageCounter:
                 return None
         if self.synchronous or key[1] is None:
             # Nothing to walk (the folder does not exist or cannot be read): answer at once.
-            self._count(key, folder)
+            self._count(key, folder, extra)
             return self._results[key]
-        worker = threading.Thread(target=self._count, args=(key, folder), name="image-counter", daemon=True)
+        worker = threading.Thread(target=self._count, args=(key, folder, extra), name="image-counter", daemon=True)
         with self._lock:
             self._running[key] = worker
         worker.start()
         return None
 
-    def _count(self, key, folder: str) -> None:
+    def measure(self, folder: str, *extra) -> Result:
+        """What is counted (on the worker thread): the number of images."""
+        return len(list_images(folder))
+
+    def _count(self, key, folder: str, extra: tuple = ()) -> None:
         try:
-            result: Result = len(list_images(folder))
+            result: Result = self.measure(folder, *extra)
         except ConfigError as error:
             result = error
         except OSError as error:
@@ -95,3 +106,13 @@ class ImageCounter:
         with self._lock:
             for key in [key for key in self._results if key[0] == path]:
                 del self._results[key]
+
+
+class CaptionCounter(ImageCounter):
+    """How many images of a folder have a caption file; see the module docstring."""
+
+    def lookup(self, folder: str, extension: str = ".txt") -> Result | None:
+        return super().lookup(folder, extension)
+
+    def measure(self, folder: str, extension: str = ".txt") -> CaptionSummary:
+        return summarize_captions(list_images(folder), extension)

@@ -7,7 +7,11 @@ validator (`modules.config.validate_preset`, then the step plan inside
 preview, or the validator's message and the key to mark, together with the
 last valid preview, which the view keeps showing. Images are counted by an
 `ImageCounter` (off the GUI thread, cached per folder), so an edit never
-walks the dataset again.
+walks the dataset again; for text-to-image models the images with a caption
+file are counted the same way (`CaptionCounter`), and the preview does not
+wait for that count. Switching `training.method` to "full" sets the lora
+section aside (a LoRA option with "full" is an error) and switching back to
+"lora" brings it back.
 
 Load and save use the same JSON as `scripts/train.py` (`modules.config`);
 the curve exports are the CLI's (`LrCurve.write_csv`, `ui.curve_plot`).
@@ -23,7 +27,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from modules.config import Preset, migrate, read_preset_file, save_preset, validate_preset
+from modules.captions import CaptionSummary
 from modules.errors import ConfigError
+from modules.model_types import TEXT_TO_IMAGE_TYPES
 from modules.preview import Preview, build_preview
 from ui.controllers.fields import (
     ALL_FIELDS,
@@ -34,7 +40,7 @@ from ui.controllers.fields import (
     format_value,
     parse_text,
 )
-from ui.controllers.image_counter import ImageCounter
+from ui.controllers.image_counter import CaptionCounter, ImageCounter
 
 DEFAULTS = Preset().to_json_dict()
 PIECEWISE_EXAMPLE = [[0, 1.0], ["50%", 0.1]]
@@ -64,6 +70,9 @@ class PreviewState:
     start_refusal: tuple[str, str] | None = None
     revision: int = 0  # the draft revision this state was computed from
     warnings: tuple[str, ...] = field(default=())  # the plan's warnings about fields the app shows
+    # Text-to-image models: how many images have a caption file (None: not one, or still counting).
+    captions: CaptionSummary | None = None
+    counting_captions: bool = False
 
 
 def app_start_refusal(preset: Preset) -> tuple[str, str] | None:
@@ -158,8 +167,11 @@ def _get(tree: Any, key: str, default: Any = None) -> Any:
 
 
 class PresetDraft:
-    def __init__(self, raw: dict | None = None, counter: ImageCounter | None = None):
+    def __init__(self, raw: dict | None = None, counter: ImageCounter | None = None,
+                 caption_counter: CaptionCounter | None = None):
         self.counter = counter or ImageCounter()
+        self.caption_counter = caption_counter or CaptionCounter(synchronous=self.counter.synchronous)
+        self._set_aside_lora: dict | None = None  # the lora section while training.method is "full"
         self.raw: dict = migrate(copy.deepcopy(raw)) if raw is not None else {"version": 1}
         self.path: Path | None = None
         self.last_valid: Preview | None = None
@@ -215,6 +227,12 @@ class PresetDraft:
         """Record what the user typed into field `key` (validated by `evaluate`)."""
         spec: FieldSpec = ALL_FIELDS[key]
         self.set_value(key, parse_text(spec, text))
+        if key == "training.method":
+            if text == "full" and isinstance(self.raw.get("lora"), dict):
+                self._set_aside_lora = self.raw.pop("lora")
+            elif text == "lora" and self._set_aside_lora is not None and "lora" not in self.raw:
+                self.raw["lora"] = self._set_aside_lora
+                self._set_aside_lora = None
         if key == "scheduler.type" and text in REQUIRED_FOR_TYPE:
             required, example = REQUIRED_FOR_TYPE[text]
             if self.value(required) is None:
@@ -296,9 +314,15 @@ class PresetDraft:
             key = "training.max_steps" if preset.training.max_steps is not None else "training.epochs"
             return PreviewState(None, False, f"{key}: the plan is too long to compute in memory", key,
                                 image_count=count, preset=preset, revision=revision)
+        captions, counting_captions = None, False
+        if preview.plan.model_type in TEXT_TO_IMAGE_TYPES and preset.data.path:
+            found = self.caption_counter.lookup(preset.data.path, preset.data.caption_extension)
+            counting_captions = found is None
+            captions = found if isinstance(found, CaptionSummary) else None
         return PreviewState(preview, True, image_count=count, preset=preset,
                             start_refusal=app_start_refusal(preset), revision=revision,
-                            warnings=visible_warnings(preview.plan.warnings, preset.scheduler.type))
+                            warnings=visible_warnings(preview.plan.warnings, preset.scheduler.type),
+                            captions=captions, counting_captions=counting_captions)
 
     def accept(self, state: PreviewState) -> PreviewState:
         """Merge a computed state: a fresh preview becomes the last valid one; an error keeps it."""
@@ -310,8 +334,9 @@ class PresetDraft:
     def wait_for_images(self) -> PreviewState:
         """Evaluate, waiting for a running image count first (scripts and tests)."""
         state = self.evaluate()
-        while state.counting:
+        while state.counting or state.counting_captions:
             self.counter.wait()
+            self.caption_counter.wait()
             state = self.evaluate()
         return state
 
@@ -332,6 +357,7 @@ class PresetDraft:
         """
         raw = migrate(read_preset_file(path))
         self.raw = raw
+        self._set_aside_lora = None
         self.path = Path(path)
         self.revision += 1
         self._clean_raw = copy.deepcopy(raw)
