@@ -3,9 +3,6 @@
 Screenshots go to test-artifacts/ for a person to look at.
 """
 
-import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,33 +12,6 @@ from conftest import ROOT, make_images
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 ARTIFACTS = ROOT / "test-artifacts"
-
-
-@pytest.fixture(scope="module")
-def display():
-    """Start `Xvfb :N` for this module and point DISPLAY at it."""
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed (make test installs it where apt-get is available)")
-    for number in range(91, 120):
-        if not Path(f"/tmp/.X11-unix/X{number}").exists() and not Path(f"/tmp/.X{number}-lock").exists():
-            break
-    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1400x900x24", "-nolisten", "tcp"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not Path(f"/tmp/.X11-unix/X{number}").exists():
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            pytest.skip(f"Xvfb :{number} did not start")
-        time.sleep(0.05)
-    previous = os.environ.get("DISPLAY")
-    os.environ["DISPLAY"] = f":{number}"
-    yield f":{number}"
-    if previous is None:
-        del os.environ["DISPLAY"]
-    else:
-        os.environ["DISPLAY"] = previous
-    server.terminate()
-    server.wait(10)
 
 
 @pytest.fixture
