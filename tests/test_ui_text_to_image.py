@@ -171,3 +171,17 @@ def test_a_long_plan_drawn_as_a_band_reaches_zero_where_the_text_encoder_stops()
     assert values[straddling].min() == 0 and values[straddling].max() > 0  # the bin holding the stop
     table_max = preview.curve.effective_table()[:, 1].max()
     assert np.isclose(values.max(), table_max, rtol=0, atol=0)
+
+
+def test_an_sdxl_preview_draws_both_text_encoder_groups_down_to_zero_at_the_stop():
+    draft = demo_draft()
+    draft.set_text("model.type", "stable_diffusion_xl")
+    preview = draft.wait_for_images().preview
+    assert preview.curve.group_names == ("unet", "text_encoder", "text_encoder_2")
+    table = preview.curve.effective_table()
+    artists = plotted_groups(preview)
+    stop = preview.curve.stop_steps[1]
+    for index, name in enumerate(preview.curve.group_names):
+        drawn = np.asarray(artists[name].get_ydata())[:-1]
+        np.testing.assert_array_equal(drawn, table[:, index])
+        assert np.all(drawn[stop:] == 0) == (name != "unet")
