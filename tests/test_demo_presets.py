@@ -25,6 +25,7 @@ from tests.training_helpers import one_thread, scalar_events  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "training_presets" / "text_to_image_demo.json"
+FULL_DEMO = ROOT / "training_presets" / "text_to_image_full_demo.json"
 MAX_IMAGE_BYTES = 8 * 1024  # the bundled images stay small: the repository carries them
 
 
@@ -55,16 +56,50 @@ def test_the_demo_preset_is_an_sd_lora_with_a_text_encoder_lora_that_stops():
     assert np.all(table[stop:, 1] == 0) and np.all(table[stop:, 0] > 0)
 
 
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    """The pipeline `make demo` builds, built the same way (the project script)."""
+    folder = tmp_path_factory.mktemp("pipeline") / "tiny_sd"
+    built = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_tiny_pipeline.py"), "--type",
+                            "stable_diffusion", str(folder)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert built.returncode == 0, built.stderr
+    return folder
+
+
+def moved(path: Path, tiny_sd: Path, tmp_path: Path):
+    return load_preset(path, [f"model.path={tiny_sd}", f"output.dir={tmp_path / 'out'}",
+                              f"data.path={ROOT / 'training_presets' / 'text_to_image_images'}"])
+
+
+def test_the_full_demo_is_the_same_run_without_lora():
+    lora, full = load_preset(DEMO), load_preset(FULL_DEMO)
+    assert full.training.method == "full" and full.lora == type(full.lora)()  # no LoRA option with full
+    assert full.data == lora.data and full.model == lora.model
+    assert build_preview(full).plan.total_steps == build_preview(lora).plan.total_steps
+    assert build_preview(full).curve.stop_steps == build_preview(lora).curve.stop_steps
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
-def test_the_demo_trains_its_plan_and_leaves_both_lora_files(tmp_path):
-    built = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_tiny_pipeline.py"), "--type",
-                            "stable_diffusion", str(tmp_path / "tiny_sd")],
-                           capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert built.returncode == 0, built.stderr
-    overrides = [f"model.path={tmp_path / 'tiny_sd'}", f"output.dir={tmp_path / 'out'}",
-                 f"data.path={ROOT / 'training_presets' / 'text_to_image_images'}"]
-    preset = load_preset(DEMO, overrides)
+def test_the_full_demo_leaves_a_pipeline_folder_with_the_trained_unet_and_text_encoder(tiny_sd, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    preset = moved(FULL_DEMO, tiny_sd, tmp_path)
+    assert train(preset, progress_bar=False, log=lambda message: None).finished
+    base = StableDiffusionPipeline.from_pretrained(tiny_sd, local_files_only=True)
+    trained = StableDiffusionPipeline.from_pretrained(tmp_path / "out" / "model", local_files_only=True)
+    for component in ("unet", "text_encoder"):
+        before, after = getattr(base, component).state_dict(), getattr(trained, component).state_dict()
+        assert before.keys() == after.keys()
+        assert any(not (before[key] == after[key]).all() for key in before), f"{component} did not change"
+    vae_before, vae_after = base.vae.state_dict(), trained.vae.state_dict()
+    assert all((vae_before[key] == vae_after[key]).all() for key in vae_before)  # the VAE never trains
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_the_demo_trains_its_plan_and_leaves_both_lora_files(tiny_sd, tmp_path):
+    preset = moved(DEMO, tiny_sd, tmp_path)
     result = train(preset, progress_bar=False, log=lambda message: None)
     plan_total = build_preview(preset).plan.total_steps
     assert result.finished and result.completed_steps == plan_total
