@@ -6,6 +6,7 @@
     effective_lr[g][k] = base_lr[g] * effective_multipliers(k)  what the optimizer really uses (preview, TensorBoard)
 
 The two differ only for schedule-free optimizers (see `modules.schedules`).
+`base_lr[g]` is the preset's LR of group g times `plan.lr_scale` (SPEC §9).
 Steps past the plan read the last step's value.
 """
 
@@ -60,7 +61,8 @@ class LrCurve:
 
 
 def build_lr_curve(plan: StepPlan, optimizer: OptimizerSection) -> LrCurve:
-    return LrCurve(plan, tuple(optimizer.group_names), tuple(optimizer.base_lrs))
+    """The curve of `plan` for `optimizer`'s groups; base LRs times the plan's `lr_scale` (optimizer.lr_scaling)."""
+    return LrCurve(plan, tuple(optimizer.group_names), tuple(lr * plan.lr_scale for lr in optimizer.base_lrs))
 
 
 def read_lr_csv(path) -> tuple[list[str], np.ndarray]:

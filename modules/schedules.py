@@ -47,6 +47,9 @@ class ResolvedSchedule:
     piecewise: tuple[tuple[int, float], ...] = ()
     schedule_free: str | None = None
     beta2: float = 0.999
+    function: str = ""  # custom: "file.py:name" or "module:name"
+    function_sha256: str = ""  # custom: digest of the function's source file
+    phases: tuple[tuple[str, int, float, float], ...] = ()  # sequence: (shape, end step, from, to)
 
 
 def _g(schedule: ResolvedSchedule, v: np.ndarray) -> np.ndarray:
@@ -170,6 +173,37 @@ def piecewise_constant(schedule, k):
     return values[np.searchsorted(boundaries, k, side="right") - 1]
 
 
+def custom(schedule, k):
+    """The user's function, called once on the whole plan (see `modules.custom_schedule`)."""
+    from modules.custom_schedule import multipliers
+
+    return multipliers(schedule.function, schedule.function_sha256, schedule.total_steps)[k]
+
+
+def sequence(schedule, k):
+    """Phase i covers [end_{i-1}, end_i) (end_{-1} = 0) and moves from `from_i` to `to_i`:
+    f = from + (to - from) * s(q), q = (k - start) / (end - start), s(q) = q (linear),
+    0.5 * (1 - cos(pi * q)) (cosine), 0 (constant: holds `from`)."""
+    ends = np.array([phase[1] for phase in schedule.phases], dtype=np.int64)
+    index = np.searchsorted(ends, k, side="right")  # k < T = ends[-1], so every k has a phase
+    result = np.empty(k.shape, dtype=np.float64)
+    start = 0
+    for position, (shape, end, start_factor, end_factor) in enumerate(schedule.phases):
+        inside = index == position
+        if shape == "constant" or end_factor == start_factor:
+            result[inside] = start_factor
+        else:
+            q = (k[inside] - start).astype(np.float64)
+            q /= float(end - start)
+            if shape == "cosine":
+                np.cos(q * np.pi, out=q)
+                q -= 1.0
+                q *= -0.5
+            result[inside] = start_factor + (end_factor - start_factor) * q
+        start = end
+    return result
+
+
 SHAPES = {
     "constant": constant,
     "linear": linear,
@@ -182,6 +216,8 @@ SHAPES = {
     "inverse_sqrt": inverse_sqrt,
     "warmup_stable_decay": warmup_stable_decay,
     "piecewise_constant": piecewise_constant,
+    "custom": custom,
+    "sequence": sequence,
 }
 
 
@@ -254,7 +290,7 @@ def radam_rectification(k: np.ndarray, beta2: float) -> np.ndarray:
 
 
 def cycle_starts(schedule: ResolvedSchedule) -> list[int]:
-    """Optimizer steps at which a new cycle begins (restart shapes and sine); [] otherwise.
+    """Optimizer steps at which a new cycle (restart shapes and sine) or phase (sequence) begins; [] otherwise.
 
     Derived from the same expression the curve uses, so the marks in the
     preview fall exactly where the curve jumps.
@@ -264,6 +300,8 @@ def cycle_starts(schedule: ResolvedSchedule) -> list[int]:
         return []
     if schedule.type == "sine":
         return list(range(warmup_steps + schedule.period_steps, total, schedule.period_steps))
+    if schedule.type == "sequence":
+        return [end for _, end, _, _ in schedule.phases[:-1]]  # where each phase after the first begins
     if schedule.type in ("cosine_with_restarts", "cosine_with_hard_restarts"):
         k = np.arange(warmup_steps, total, dtype=np.int64)
         cycle_index = np.floor(float(schedule.cycles) * _progress(schedule, k))

@@ -10,9 +10,13 @@ gradient accumulation A, processes W, drop_last, and epochs E or max_steps.
     total optimizer steps        T = E * U, or T = max_steps when it is set
 
 Every duration of the preset (warmup, period, timescale, decay, piecewise
-boundaries, checkpoint and sample intervals) is converted to optimizer
+boundaries, sequence phase ends, checkpoint and sample intervals) is converted to optimizer
 steps here and nowhere else. The training loop takes exactly T optimizer
 steps and the scheduler is built from this same object.
+
+LR scaling (SPEC §9) is decided here too: `lr_scale` is n or sqrt(n) for
+n = B*W*A (global_batch), B*W (batch) or A (accumulation), and every
+group's base LR is multiplied by it once, in `modules.lr_curve`.
 """
 
 import hashlib
@@ -20,7 +24,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-from modules.config import SCHEDULE_FREE_OPTIMIZERS, Preset
+from modules.config import ADAPTIVE_OPTIMIZERS, SCHEDULE_FREE_OPTIMIZERS, Preset
 from modules.durations import parse_duration
 from modules.errors import ConfigError
 from modules.image_listing import list_images
@@ -47,6 +51,8 @@ class StepPlan:
     checkpoint_steps: tuple[int, ...] = ()
     sample_steps: tuple[int, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    lr_scale: float = 1.0  # every group's base LR is multiplied by this (optimizer.lr_scaling)
+    lr_scale_note: str = ""  # how: "lr 1e-4 x sqrt(8) = 2.83e-4 (batch 2 x accumulation 4)"; "" when unscaled
 
     # --- derived views ---------------------------------------------------------
 
@@ -100,7 +106,7 @@ class StepPlan:
             "epochs": self.requested_epochs if self.max_steps is None else None,
             "max_steps": self.max_steps,
             "total_steps": self.total_steps,
-            "schedule": asdict(self.schedule),
+            "schedule": _schedule_identity(self.schedule),
         }
 
     @property
@@ -119,8 +125,77 @@ class StepPlan:
             f"{self.num_images} image{'s' * (self.num_images != 1)} x {self.repeats} "
             f"repeat{'s' * (self.repeats != 1)}, batch {self.batch_size}{processes}, "
             f"accumulation {self.gradient_accumulation_steps} -> {length} = {self.total_steps} steps, "
-            f"warmup {self.warmup_steps}"
+            f"warmup {self.warmup_steps}" + (f", {self.lr_scale_note}" if self.lr_scale_note else "")
         )
+
+
+# Schedule fields added after plans were first stored in checkpoints: left out of the identity
+# while empty, so a checkpoint written before they existed still resumes.
+_LATER_SCHEDULE_FIELDS = ("function", "function_sha256", "phases")
+
+
+def _schedule_identity(schedule: ResolvedSchedule) -> dict:
+    fields = asdict(schedule)
+    for name in _LATER_SCHEDULE_FIELDS:
+        if not fields[name]:
+            del fields[name]
+    return fields
+
+
+def format_lr(value: float) -> str:
+    """'1e-4', '2.83e-4', '0.5': three significant digits, short exponents."""
+    if value == 0 or 1e-2 <= abs(value) < 1e4:
+        return f"{value:.3g}"
+    mantissa, exponent = f"{value:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def lr_scaling(preset: Preset, batch: int, processes: int, accumulation: int) -> tuple[float, str]:
+    """(factor, note) of optimizer.lr_scaling / lr_scaling_by; (1.0, "") for none."""
+    optimizer = preset.optimizer
+    if optimizer.lr_scaling == "none":
+        return 1.0, ""
+    parts = [f"batch {batch}"] + ([f"{processes} processes"] if processes > 1 else [])
+    if optimizer.lr_scaling_by == "global_batch":
+        n, parts = batch * processes * accumulation, parts + [f"accumulation {accumulation}"]
+    elif optimizer.lr_scaling_by == "batch":
+        n = batch * processes
+    else:
+        n, parts = accumulation, [f"accumulation {accumulation}"]
+    factor = math.sqrt(n) if optimizer.lr_scaling == "sqrt" else float(n)
+    shown = f"sqrt({n})" if optimizer.lr_scaling == "sqrt" else f"{n}"
+    note = f"lr {format_lr(optimizer.lr)} x {shown} = {format_lr(optimizer.lr * factor)} ({' x '.join(parts)})"
+    return factor, note
+
+
+def _resolve_phases(preset: Preset, steps, total: int) -> tuple[tuple[str, int, float, float], ...]:
+    """scheduler.phases -> (shape, end step, from, to), every `until` converted to steps of this plan."""
+    resolved = []
+    previous_end, previous_factor = 0, 1.0
+    phases = preset.scheduler.phases
+    for index, phase in enumerate(phases):
+        key = f"scheduler.phases.{index}"
+        end = steps(phase.until, f"{key}.until")
+        if end <= previous_end:
+            raise ConfigError(
+                f"{phase.until!r} is {end} steps in this plan, not after the previous phase's end ({previous_end} "
+                f"steps): every phase must end later than the one before", f"{key}.until")
+        if end > total:
+            raise ConfigError(f"{phase.until!r} is {end} steps, past the end of the run ({total} steps)",
+                              f"{key}.until")
+        start_factor = previous_factor if phase.start is None else phase.start
+        end_factor = start_factor if phase.to is None else phase.to
+        if phase.shape == "constant" and end_factor != start_factor:
+            raise ConfigError(
+                f"a constant phase holds its 'from' ({start_factor:g}); 'to' {end_factor:g} would be a jump "
+                "at its end (give the next phase 'from' instead)", f"{key}.to")
+        resolved.append((phase.shape, end, float(start_factor), float(end_factor)))
+        previous_end, previous_factor = end, end_factor
+    if previous_end != total:
+        raise ConfigError(
+            f"the last phase ends at {phases[-1].until!r} = {previous_end} steps, but the run is {total} steps: "
+            'the last phase must end with the run ("100%")', f"scheduler.phases.{len(phases) - 1}.until")
+    return tuple(resolved)
 
 
 def describe_changes(old_identity: dict, new_identity: dict) -> list[str]:
@@ -208,6 +283,13 @@ def build_step_plan(preset: Preset, num_images: int | None = None) -> StepPlan:
                 )
         piecewise = tuple(resolved)
 
+    phases = _resolve_phases(preset, steps, total) if scheduler.type == "sequence" else ()
+    function, function_sha256 = "", ""
+    if scheduler.type == "custom":
+        from modules.custom_schedule import source_digest
+
+        function, function_sha256 = scheduler.function, source_digest(scheduler.function)
+
     schedule_free = preset.optimizer.type if preset.optimizer.type in SCHEDULE_FREE_OPTIMIZERS else None
     schedule = ResolvedSchedule(
         type=scheduler.type,
@@ -224,7 +306,11 @@ def build_step_plan(preset: Preset, num_images: int | None = None) -> StepPlan:
         piecewise=piecewise,
         schedule_free=schedule_free,
         beta2=float(preset.optimizer.betas[1]),
+        function=function,
+        function_sha256=function_sha256,
+        phases=phases,
     )
+    lr_scale, lr_scale_note = lr_scaling(preset, batch, processes, accumulation)
 
     def interval_steps(value, key: str) -> tuple[int, ...]:
         if value is None:
@@ -250,6 +336,8 @@ def build_step_plan(preset: Preset, num_images: int | None = None) -> StepPlan:
         schedule=schedule,
         checkpoint_steps=interval_steps(preset.output.checkpoint_every, "output.checkpoint_every"),
         sample_steps=interval_steps(preset.output.sample_every, "output.sample_every"),
+        lr_scale=lr_scale,
+        lr_scale_note=lr_scale_note,
     )
     return _with_warnings(plan, preset)
 
@@ -300,6 +388,21 @@ def _with_warnings(plan: StepPlan, preset: Preset) -> StepPlan:
         warnings.append(f"min_factor has no effect with the {schedule.type} schedule")
     if plan.schedule.schedule_free and schedule.min_factor > 0:
         warnings.append("min_factor has no effect with a schedule-free optimizer")
+    if schedule.type == "custom":
+        from modules.custom_schedule import multipliers
+
+        # The one evaluation of the function (checked, cached): a bad function fails here, before training.
+        peak = float(multipliers(schedule.function, schedule.function_sha256, plan.total_steps).max())
+        if peak > 1:
+            warnings.append(f"the custom schedule {schedule.function!r} rises to {peak:g} x the base LR (above 1)")
+    if schedule.type == "sequence":
+        peak = max(max(start, end) for _, _, start, end in schedule.phases)
+        if peak > 1:
+            warnings.append(f"the sequence rises to {peak:g} x the base LR (above 1)")
+    if preset.optimizer.type in ADAPTIVE_OPTIMIZERS and len(set(preset.optimizer.base_lrs)) > 1:
+        warnings.append(
+            f"{preset.optimizer.type} applies the largest group LR to every group (it scales max(lr) by its d): "
+            "the param_groups LRs do not set per-group rates")
     if (
         preset.training.max_steps is not None
         and "epochs" in preset.training.model_fields_set
