@@ -262,6 +262,13 @@ class Preset(Section):
 
     @model_validator(mode="after")
     def _combinations(self):
+        if self.optimizer.type in ADAPTIVE_OPTIMIZERS:
+            for index, group in enumerate(self.optimizer.param_groups):
+                if group.lr != self.optimizer.lr:
+                    raise ConfigError(
+                        f"is {group.lr:g} but {self.optimizer.type} trains every group at one LR (optimizer.lr "
+                        f"{self.optimizer.lr:g}; its d adapts it): set it equal or remove the group",
+                        f"optimizer.param_groups.{index}.lr")
         if self.optimizer.type in SCHEDULE_FREE_OPTIMIZERS:
             if self.scheduler.type != "constant":
                 raise ConfigError(

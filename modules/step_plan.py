@@ -24,7 +24,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-from modules.config import ADAPTIVE_OPTIMIZERS, SCHEDULE_FREE_OPTIMIZERS, Preset
+from modules.config import SCHEDULE_FREE_OPTIMIZERS, Preset
 from modules.durations import parse_duration
 from modules.errors import ConfigError
 from modules.image_listing import list_images
@@ -399,10 +399,6 @@ def _with_warnings(plan: StepPlan, preset: Preset) -> StepPlan:
         peak = max(max(start, end) for _, _, start, end in schedule.phases)
         if peak > 1:
             warnings.append(f"the sequence rises to {peak:g} x the base LR (above 1)")
-    if preset.optimizer.type in ADAPTIVE_OPTIMIZERS and len(set(preset.optimizer.base_lrs)) > 1:
-        warnings.append(
-            f"{preset.optimizer.type} applies the largest group LR to every group (it scales max(lr) by its d): "
-            "the param_groups LRs do not set per-group rates")
     if (
         preset.training.max_steps is not None
         and "epochs" in preset.training.model_fields_set
