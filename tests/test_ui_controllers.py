@@ -14,7 +14,7 @@ from modules.errors import ConfigError
 from modules.lr_curve import read_lr_csv
 from ui.controllers.fields import ALL_FIELDS, SCHEDULER_FIELDS, active_scheduler_keys, parse_text
 from ui.controllers.image_counter import ImageCounter
-from ui.controllers.preset_draft import PresetDraft
+from ui.controllers.preset_draft import PresetDraft, scaled_lr_note
 from ui.controllers.run_controller import RunController
 
 
@@ -117,7 +117,10 @@ PERTURBED = {
     "scheduler.decay": "40%",
     "scheduler.decay_shape": "cosine",
     "scheduler.steps": '[[0, 1.0], ["30%", 0.2]]',
+    "scheduler.function": "FOLDER/other_shape.py:shape",
+    "scheduler.phases": '[{"shape": "cosine", "until": "100%", "to": 0.2}]',
 }
+NO_WARMUP_TYPES = ("custom", "sequence")
 BASE_SCHEDULER = {"warmup": 4, "cycles": 2, "power": 1.0, "period": 20, "timescale": 3, "decay": "20%",
                   "steps": [[0, 1.0], ["60%", 0.5]]}
 
@@ -125,19 +128,27 @@ BASE_SCHEDULER = {"warmup": 4, "cycles": 2, "power": 1.0, "period": 20, "timesca
 @pytest.mark.parametrize("schedule_type", ALL_FIELDS["scheduler.type"].choices)
 def test_the_active_fields_are_exactly_those_that_shape_the_curve(image_folder, schedule_type):
     """Editing a field the type shows changes the curve; editing a hidden one never does."""
+    folder = image_folder.parent
+    for name, body in (("shape", "1.0 - 0.5 * k / total_steps"), ("other_shape", "1.0 - 0.9 * k / total_steps")):
+        (folder / f"{name}.py").write_text(f"def shape(k, total_steps):\n    return {body}\n")
+    own = {"warmup": 0, "function": f"{folder}/shape.py:shape",
+           "phases": [{"shape": "linear", "until": "100%", "to": 0.1}]} if schedule_type in NO_WARMUP_TYPES else {}
+
     def multipliers(edit=None):
         draft = make_draft(image_folder, training={"epochs": None, "max_steps": 100},
-                           scheduler={**BASE_SCHEDULER, "type": schedule_type})
+                           scheduler={**BASE_SCHEDULER, **own, "type": schedule_type})
         if edit:
-            draft.set_text(edit, PERTURBED[edit])
+            draft.set_text(edit, PERTURBED[edit].replace("FOLDER", str(folder)))
         state = draft.evaluate()
         assert state.error is None, state.error
         return state.preview.curve.effective_multipliers
 
     base = multipliers()
     active = active_scheduler_keys(schedule_type)
-    assert "scheduler.warmup" in active
+    assert ("scheduler.warmup" in active) == (schedule_type not in NO_WARMUP_TYPES)
     for spec in SCHEDULER_FIELDS:
+        if spec.key == "scheduler.warmup" and schedule_type in NO_WARMUP_TYPES:
+            continue  # must stay 0 for them (a validation error otherwise; switching to them sets it)
         changed = not np.array_equal(multipliers(spec.key), base)
         assert changed == (spec.key in active), f"{schedule_type}: {spec.key}"
 
@@ -154,6 +165,26 @@ def test_switching_the_type_changes_the_active_fields_and_fills_a_required_one(i
     # Piecewise needs steps; switching to it gives an example instead of an error.
     state = draft.evaluate()
     assert state.error is None and state.preview.plan.schedule.type == "piecewise_constant"
+
+
+def test_switching_to_sequence_gives_example_phases_and_drops_the_warmup(image_folder):
+    draft = make_draft(image_folder)  # cosine with warmup 2
+    draft.set_text("scheduler.type", "sequence")
+    state = draft.evaluate()
+    assert state.error is None and draft.value("scheduler.warmup") == 0
+    assert state.preview.plan.cycle_starts == [1]  # the example's warmup phase ends at 5% of 21 steps
+    draft.set_text("scheduler.type", "custom")
+    assert draft.evaluate().error_key == "scheduler.function"
+
+
+@pytest.mark.parametrize("scaling, note", [("none", ""), ("linear", "x 4 = 4e-3"), ("sqrt", "x sqrt(4) = 2e-3")])
+def test_the_scaled_lr_is_shown_beside_the_lr_field(image_folder, scaling, note):
+    draft = make_draft(image_folder, training={"batch_size": 2, "gradient_accumulation_steps": 2})
+    draft.set_text("optimizer.lr_scaling", scaling)
+    state = draft.evaluate()
+    assert scaled_lr_note(state.preview) == note
+    assert state.preview.curve.base_lrs[-1] == pytest.approx(1e-3 * {"none": 1, "linear": 4, "sqrt": 2}[scaling],
+                                                             rel=1e-15)
 
 
 def test_duration_fields_accept_steps_percent_and_epochs(image_folder):
