@@ -173,11 +173,28 @@ def piecewise_constant(schedule, k):
     return values[np.searchsorted(boundaries, k, side="right") - 1]
 
 
-def custom(schedule, k):
-    """The user's function, called once on the whole plan (see `modules.custom_schedule`)."""
-    from modules.custom_schedule import multipliers
+# custom: the user's values per (function, source digest, T), loaded and checked by the step plan
+# (`modules.custom_schedule`); kept here so the shape stays a pure lookup. The newest few plans only.
+_CUSTOM_VALUES: dict[tuple[str, str, int], np.ndarray] = {}
+_CUSTOM_KEEP = 8
 
-    return multipliers(schedule.function, schedule.function_sha256, schedule.total_steps)[k]
+
+def register_custom_values(schedule: ResolvedSchedule, values: np.ndarray) -> None:
+    """Make `values` (one checked multiplier per step of the plan) the curve of `schedule`."""
+    key = (schedule.function, schedule.function_sha256, schedule.total_steps)
+    _CUSTOM_VALUES.pop(key, None)
+    _CUSTOM_VALUES[key] = values
+    while len(_CUSTOM_VALUES) > _CUSTOM_KEEP:
+        del _CUSTOM_VALUES[next(iter(_CUSTOM_VALUES))]
+
+
+def custom(schedule, k):
+    """The user's function, called once on the whole plan by the step plan: f = values[k]."""
+    values = _CUSTOM_VALUES.get((schedule.function, schedule.function_sha256, schedule.total_steps))
+    if values is None:
+        raise ValueError(f"the values of {schedule.function!r} are not loaded: build the plan with "
+                         "modules.step_plan.build_step_plan")
+    return values[k]
 
 
 def sequence(schedule, k):

@@ -28,7 +28,7 @@ from modules.config import SCHEDULE_FREE_OPTIMIZERS, Preset
 from modules.durations import parse_duration
 from modules.errors import ConfigError
 from modules.image_listing import list_images
-from modules.schedules import ResolvedSchedule, cycle_starts
+from modules.schedules import ResolvedSchedule, cycle_starts, register_custom_values
 
 TRANSFORMERS_DEFAULT_TIMESCALE = 10_000
 
@@ -392,7 +392,9 @@ def _with_warnings(plan: StepPlan, preset: Preset) -> StepPlan:
         from modules.custom_schedule import multipliers
 
         # The one evaluation of the function (checked, cached): a bad function fails here, before training.
-        peak = float(multipliers(schedule.function, schedule.function_sha256, plan.total_steps).max())
+        values = multipliers(schedule.function, schedule.function_sha256, plan.total_steps)
+        register_custom_values(schedule, values)
+        peak = float(values.max())
         if peak > 1:
             warnings.append(f"the custom schedule {schedule.function!r} rises to {peak:g} x the base LR (above 1)")
     if schedule.type == "sequence":

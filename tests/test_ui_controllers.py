@@ -342,3 +342,40 @@ def test_a_long_run_is_thinned_for_the_plot_but_kept_whole(image_folder):
     assert lrs == [step * 1e-6 for step in steps]
     assert run.loss_points(1000) == (steps, [float(step) for step in steps])
     assert len(run.actual_lrs()["unet"][0]) == 10_001
+
+
+def test_the_run_tab_keeps_the_effective_lr_of_adaptive_optimizers():
+    run = RunController()
+    for step, d in enumerate((1e-6, 2e-6, 5e-6)):
+        run.handle(("step", {"step": step, "total_steps": 3, "epoch": 0, "loss": 0.5, "lrs": {"unet": 1.0},
+                             "elapsed_seconds": 1.0, "eta_seconds": 1.0, "effective_lrs": {"unet": d}}))
+    assert run.effective_lr_points() == {"unet": ([0, 1, 2], [1e-6, 2e-6, 5e-6])}
+    plain = RunController()
+    plain.handle(("step", {"step": 0, "total_steps": 3, "epoch": 0, "loss": 0.5, "lrs": {"unet": 1e-4},
+                           "elapsed_seconds": 1.0, "eta_seconds": 1.0, "effective_lrs": None}))
+    assert plain.effective_lr_points() == {}
+
+
+def test_the_preview_says_it_cannot_know_d(image_folder):
+    draft = make_draft(image_folder, optimizer={"type": "prodigy", "lr": 1.0})
+    preview = draft.evaluate().preview
+    assert any("lr_effective/<group>" in note for note in preview.notes)
+    assert any(line.startswith("note: prodigy multiplies this curve by its own d") for line in preview.report_lines())
+    assert make_draft(image_folder).evaluate().preview.notes == []
+
+
+def test_find_lr_applies_the_suggestion_divided_by_the_lr_scaling(image_folder):
+    from ui.controllers.lr_find_controller import LrFindController
+
+    draft = make_draft(image_folder, optimizer={"lr_scaling": "linear"}, training={"batch_size": 2})
+    finder = LrFindController(min_lr=1e-6, max_lr=1e-1, steps=20)
+    finder.start()
+    assert finder.active
+    finder.handle(("point", {"step": 0, "lr": 1e-6, "loss": 1.0, "smoothed_loss": 1.0}))
+    finder.handle(("finished", {"suggested_lr": 4e-3, "suggested_optimizer_lr": 2e-3, "stop_reason": "", "steps": 20}))
+    assert finder.status == "finished" and finder.message.startswith("suggested lr: 0.004")
+    assert finder.apply(draft) == "2e-3"
+    assert draft.evaluate().preview.curve.base_lrs == (4e-3,)
+    finder.min_lr = 0
+    with pytest.raises(ConfigError, match="--min-lr must be a positive number"):
+        finder.start()
