@@ -202,21 +202,29 @@ def sequence(schedule, k):
     f = from + (to - from) * s(q), q = (k - start) / (end - start), s(q) = q (linear),
     0.5 * (1 - cos(pi * q)) (cosine), 0 (constant: holds `from`)."""
     ends = np.array([phase[1] for phase in schedule.phases], dtype=np.int64)
-    index = np.searchsorted(ends, k, side="right")  # k < T = ends[-1], so every k has a phase
     result = np.empty(k.shape, dtype=np.float64)
+    ordered = k.size < 2 or bool((k[1:] >= k[:-1]).all())
+    if ordered:  # the whole plan: each phase is one slice of k (views, no masks)
+        bounds = np.searchsorted(k, ends, side="left")
+        pieces = [slice(first, last) for first, last in zip(np.concatenate(([0], bounds[:-1])), bounds)]
+    else:
+        index = np.searchsorted(ends, k, side="right")  # k < T = ends[-1], so every k has a phase
+        pieces = [index == position for position in range(len(ends))]
     start = 0
-    for position, (shape, end, start_factor, end_factor) in enumerate(schedule.phases):
-        inside = index == position
+    for piece, (shape, end, start_factor, end_factor) in zip(pieces, schedule.phases):
         if shape == "constant" or end_factor == start_factor:
-            result[inside] = start_factor
+            result[piece] = start_factor
         else:
-            q = (k[inside] - start).astype(np.float64)
+            q = (k[piece] - start).astype(np.float64)
             q /= float(end - start)
             if shape == "cosine":
-                np.cos(q * np.pi, out=q)
+                q *= np.pi
+                np.cos(q, out=q)
                 q -= 1.0
                 q *= -0.5
-            result[inside] = start_factor + (end_factor - start_factor) * q
+            q *= end_factor - start_factor
+            q += start_factor
+            result[piece] = q
         start = end
     return result
 

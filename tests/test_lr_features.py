@@ -98,6 +98,7 @@ def test_sequence_follows_the_formula_at_the_points_that_matter():
     assert f[75] == pytest.approx(0.1 + 0.9 * 0.5, abs=1e-15)  # q = 0.5: halfway down the cosine
     assert f[99] == pytest.approx(1 + (0.1 - 1) * 0.5 * (1 - math.cos(math.pi * 49 / 50)), abs=1e-15)
     assert applied_multipliers(preview.plan.schedule, [100, 10_000]).tolist() == [f[99], f[99]]  # past the plan
+    np.testing.assert_array_equal(applied_multipliers(preview.plan.schedule, [75, 5, 50, 12]), f[[75, 5, 50, 12]])
 
 
 def test_sequence_phase_from_defaults_to_the_previous_end_and_to_defaults_to_from():
