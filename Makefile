@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: setup demo test gui bench xvfb clean
+.PHONY: setup demo lr-find test gui bench xvfb clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: setup
 	rm -rf output/demo
 	$(PY) scripts/preview.py training_presets/demo.json --csv output/demo/preview.csv --png output/demo/preview.png
 	$(PY) scripts/train.py training_presets/demo.json
+
+# LR range test on the demo preset (a throw-away copy: output/demo is left alone).
+lr-find: setup
+	$(PY) scripts/lr_find.py training_presets/demo.json --csv output/lr_find/demo.csv --png output/lr_find/demo.png
 
 test: setup xvfb
 	$(PY) -m pytest

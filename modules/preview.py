@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from modules.captions import summarize_captions
-from modules.config import Preset
+from modules.config import ADAPTIVE_OPTIMIZERS, Preset
 from modules.image_listing import list_images
 from modules.model_types import TEXT_TO_IMAGE_TYPES
 from modules.lr_curve import LrCurve, build_lr_curve
@@ -22,6 +22,15 @@ class Preview:
     preset: Preset
     plan: StepPlan
     curve: LrCurve
+
+    @property
+    def notes(self) -> list[str]:
+        """What the curve cannot show (not a mistake, so not a warning)."""
+        optimizer = self.preset.optimizer.type
+        if optimizer in ADAPTIVE_OPTIMIZERS:
+            return [f"{optimizer} multiplies this curve by its own d, learnt while training: the LR it really "
+                    "applies (d x lr x f(k)) is logged as lr_effective/<group> and drawn on the app's Run tab"]
+        return []
 
     def report_lines(self, max_listed: int = 12) -> list[str]:
         """The plan as a short readable summary (what `scripts/preview.py` prints)."""
@@ -61,6 +70,7 @@ class Preview:
             lines.append(
                 f"  lr/{name:<14} peak {column.max():.4g}, first {column[0]:.4g}, last {column[-1]:.4g}"
             )
+        lines.extend(f"note: {note}" for note in self.notes)
         if plan.warnings:
             lines.append("warnings:")
             lines.extend(f"  - {warning}" for warning in plan.warnings)

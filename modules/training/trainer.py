@@ -55,7 +55,8 @@ from modules.step_plan import build_step_plan, describe_changes
 from modules.training import checkpoints, paths
 from modules.training.data import build_dataset, torch_generator
 from modules.training.families import build_family, family_class
-from modules.training.optimizers import build_optimizer, is_schedule_free, logged_lrs, schedule_free_eval
+from modules.training.optimizers import (build_optimizer, effective_lrs, is_schedule_free, logged_lrs,
+                                         schedule_free_eval)
 
 MIXED_PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -69,6 +70,7 @@ class StepReport:
     lrs: dict[str, float]     # group name -> effective LR used by step k (what TensorBoard logs)
     elapsed_seconds: float
     eta_seconds: float | None
+    effective_lrs: dict[str, float] | None = None  # prodigy / dadapt_adam: d * lr really applied (lr_effective/)
 
 
 @dataclass
@@ -324,9 +326,11 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
                 loss_sum += loss.detach()
             if preset.training.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(model.parameters(), preset.training.max_grad_norm)
+            adaptive = effective_lrs(optimizer)  # before step(): the d this step applies
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             lrs = dict(zip(group_names, logged_lrs(optimizer)))
+            effective = dict(zip(group_names, adaptive)) if adaptive is not None else None
             mean_loss = loss_sum / in_window
             if world > 1:
                 mean_loss = accelerator.reduce(mean_loss, reduction="mean")
@@ -337,11 +341,11 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
             elapsed = time.perf_counter() - started
             eta = elapsed / (global_step - first_step) * (total_steps - global_step)
             if is_main:
-                tensorboard.log_step(step, loss_value, lrs)
+                tensorboard.log_step(step, loss_value, lrs, effective)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[DEFAULT_GROUP_NAME]:.3g}", refresh=False)
                 bar.update(1)
                 if on_step is not None:
-                    on_step(StepReport(step, total_steps, epoch, loss_value, lrs, elapsed, eta))
+                    on_step(StepReport(step, total_steps, epoch, loss_value, lrs, elapsed, eta, effective))
                 if global_step in sample_steps:
                     save_samples(global_step)
 

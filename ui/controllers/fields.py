@@ -59,6 +59,13 @@ TRAINING_FIELDS = (
               choices=OPTIMIZER_TYPES),
     FieldSpec("optimizer.lr", "Learning rate", "float", "peak LR of the parameters no group matches (group unet)"),
     FieldSpec("optimizer.weight_decay", "Weight decay", "float", "decoupled weight decay"),
+    FieldSpec("optimizer.lr_scaling", "LR scaling", "choice", "multiply every LR by n or sqrt(n) (n below)",
+              choices=("none", "linear", "sqrt")),
+    FieldSpec("optimizer.lr_scaling_by", "Scale by", "choice", "n: batch x processes x accumulation, or a part",
+              choices=("global_batch", "batch", "accumulation")),
+    FieldSpec("optimizer.d_coef", "d coefficient", "float", "prodigy: scales its LR estimate d"),
+    FieldSpec("optimizer.safeguard_warmup", "Safeguard warmup", "bool", "prodigy: steadier d during warmup"),
+    FieldSpec("optimizer.use_bias_correction", "Bias correction", "bool", "prodigy / dadapt_adam: Adam's correction"),
 )
 
 OUTPUT_FIELDS = (
@@ -85,6 +92,10 @@ SCHEDULER_FIELDS = (
               choices=("linear", "cosine", "sqrt")),
     FieldSpec("scheduler.steps", "Steps", "json", 'list of [start, factor], e.g. [[0, 1.0], ["50%", 0.1]]',
               optional=True),
+    FieldSpec("scheduler.function", "Function", "text", '"my_schedule.py:name": name(k, total_steps) -> f(k)',
+              optional=True),
+    FieldSpec("scheduler.phases", "Phases", "json", 'list of {"shape", "until", "to"}; the last until "100%"',
+              optional=True),
 )
 
 ALL_FIELDS = {spec.key: spec for spec in (*DATA_MODEL_FIELDS, *TRAINING_FIELDS, *OUTPUT_FIELDS, SCHEDULER_TYPE_FIELD,
@@ -110,6 +121,8 @@ SCHEDULER_KEYS_BY_TYPE: dict[str, tuple[str, ...]] = {
     "inverse_sqrt": _WARMUP + _DECAYING + ("scheduler.timescale",),
     "warmup_stable_decay": _WARMUP + _DECAYING + ("scheduler.decay", "scheduler.decay_shape"),
     "piecewise_constant": _WARMUP + ("scheduler.steps",),
+    "custom": ("scheduler.function",),  # the function is the whole curve: no warmup of its own
+    "sequence": ("scheduler.phases",),  # a warmup is its first phase
 }
 assert set(SCHEDULER_KEYS_BY_TYPE) == set(SCHEDULER_TYPES)
 
@@ -143,6 +156,8 @@ def parse_text(spec: FieldSpec, text: Any) -> Any:
         return value if math.isfinite(value) else stripped
     if spec.kind == "duration":
         return int(stripped) if stripped.isdigit() else stripped
+    if spec.kind == "text" and spec.optional and not stripped:
+        return None
     if spec.kind == "json":
         try:
             return json.loads(stripped)
