@@ -184,7 +184,7 @@ class RunController:
 
     def effective_lr_points(self, max_points: int | None = None) -> dict[str, tuple[list[int], list[float]]]:
         """Group -> (steps, d * lr really applied) for adaptive optimizers; {} for the others."""
-        keep = self._thinned(max_points)
+        keep = _thinned(len(self.used_steps), max_points)
         return {name: ([self.used_steps[i] for i in keep], [lrs[i] for i in keep])
                 for name, lrs in self.used_effective_lrs.items() if len(lrs) == len(self.used_steps)}
 
