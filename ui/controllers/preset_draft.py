@@ -153,17 +153,21 @@ class PresetDraft:
             preset = validate_preset(self.raw)
         except ConfigError as error:
             return PreviewState(self.last_valid, False, str(error), error.key)
-        count = None
+        count, sizes = None, None
         if preset.data.path:
-            found = self.counter.lookup(preset.data.path)
+            lookup = self.counter.lookup_sizes if preset.data.buckets else self.counter.lookup
+            found = lookup(preset.data.path)
             if found is None:
                 return PreviewState(self.last_valid, False, counting=preset.data.path, preset=preset)
             if isinstance(found, ConfigError):
                 return PreviewState(self.last_valid, False, str(found), found.key, preset=preset)
-            count = found
+            if isinstance(found, list):  # buckets: every image's size
+                count, sizes = len(found), found
+            else:
+                count = found
         try:
             # num_images None with no data.path: the plan raises "data.path: is not set".
-            preview = build_preview(preset, count)
+            preview = build_preview(preset, count, sizes)
         except ConfigError as error:
             return PreviewState(self.last_valid, False, str(error), error.key, image_count=count, preset=preset)
         self.last_valid = preview
