@@ -109,20 +109,27 @@ def _save_index(file: Path, folder: str, files: dict[str, list[int]]) -> None:
         pass  # a read-only or full cache folder only costs the next run its header reads
 
 
-def image_sizes(folder: str | os.PathLike, paths: list[Path], progress: bool = True) -> list[tuple[int, int]]:
-    """(width, height) of each of `paths` (files of `folder`), through the size index."""
+def image_sizes(folder: str | os.PathLike, paths: list[str | os.PathLike],
+                progress: bool = True) -> list[tuple[int, int]]:
+    """(width, height) of each of `paths` (files of `folder` as listed by `modules.image_listing`),
+    through the size index."""
     root = Path(folder).expanduser().resolve()
     file = index_file(root)
     known = _load_index(file, str(root))
+    top = str(Path(folder))
+    cut = len(top) + 1
     files: dict[str, list[int]] = {}
-    todo: list[tuple[int, str, Path, os.stat_result]] = []
+    todo: list[tuple[int, str, str, os.stat_result]] = []
     sizes: list[tuple[int, int] | None] = []
     for position, path in enumerate(paths):
+        path = os.fspath(path)
         try:
             status = os.stat(path)
         except OSError as error:
-            raise unreadable(path, error) from None
-        key = Path(path).relative_to(folder).as_posix()
+            raise unreadable(Path(path), error) from None
+        # The listing joins names onto the folder, so the key is the rest of the string (fast).
+        key = path[cut:].replace(os.sep, "/") if path.startswith(top + os.sep) else \
+            Path(path).relative_to(folder).as_posix()
         entry = known.get(key)
         if entry is not None and entry[0] == status.st_mtime_ns and entry[1] == status.st_size:
             files[key] = entry
@@ -135,7 +142,7 @@ def image_sizes(folder: str | os.PathLike, paths: list[Path], progress: bool = T
 
         for position, key, path, status in tqdm(todo, desc="reading image sizes", unit="image", leave=False,
                                                 disable=not progress or len(todo) < PROGRESS_MIN_FILES):
-            width, height = header_size(path)
+            width, height = header_size(Path(path))
             files[key] = [status.st_mtime_ns, status.st_size, width, height]
             sizes[position] = (width, height)
     if todo or len(files) != len(known):

@@ -26,7 +26,7 @@ from modules.buckets import assign_buckets, bucket_resolutions, micro_batches_pe
 from modules.config import SCHEDULE_FREE_OPTIMIZERS, Preset
 from modules.durations import parse_duration
 from modules.errors import ConfigError
-from modules.image_listing import list_images
+from modules.image_listing import list_image_files
 from modules.image_sizes import image_sizes as read_image_sizes
 from modules.schedules import ResolvedSchedule, cycle_starts
 
@@ -148,14 +148,14 @@ def describe_changes(old_identity: dict, new_identity: dict) -> list[str]:
 def count_images(preset: Preset) -> int:
     if not preset.data.path:
         raise ConfigError("is not set: choose the folder of training images", "data.path")
-    return len(list_images(preset.data.path))
+    return len(list_image_files(preset.data.path))
 
 
 def dataset_image_sizes(preset: Preset) -> list[tuple[int, int]]:
     """(width, height) of every image of the dataset, in listing order, from the file headers."""
     if not preset.data.path:
         raise ConfigError("is not set: choose the folder of training images", "data.path")
-    return read_image_sizes(preset.data.path, list_images(preset.data.path))
+    return read_image_sizes(preset.data.path, [path for _, path in list_image_files(preset.data.path)])
 
 
 def count_buckets(preset: Preset, image_sizes: list[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:

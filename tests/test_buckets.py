@@ -243,11 +243,11 @@ def test_the_size_index_follows_changed_added_and_removed_files(tmp_path, monkey
     os.utime(changed, ns=(1, 1_000_000_000))  # even with a modification time from the past
     write_image(folder / "5.png", 24, 8, seed=5)
     (folder / "3.png").unlink()
-    paths = list_images(folder)
-    assert image_sizes(folder, paths) == [(16, 16), (8, 40), (18, 16), (20, 16), (24, 8)]
+    listing = list_images(folder)
+    assert image_sizes(folder, listing) == [(16, 16), (8, 40), (18, 16), (20, 16), (24, 8)]
     assert sorted(reads) == ["1.png", "5.png"]
     reads.clear()
-    assert image_sizes(folder, paths) == [(16, 16), (8, 40), (18, 16), (20, 16), (24, 8)]
+    assert image_sizes(folder, listing) == [(16, 16), (8, 40), (18, 16), (20, 16), (24, 8)]
     assert reads == []
 
 

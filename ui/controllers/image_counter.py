@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 
 from modules.errors import ConfigError
-from modules.image_listing import list_images
+from modules.image_listing import list_image_files
 from modules.image_sizes import image_sizes
 
 Result = int | list[tuple[int, int]] | ConfigError
@@ -71,8 +71,9 @@ class ImageCounter:
 
     def _count(self, key, folder: str) -> None:
         try:
-            paths = list_images(folder)
-            result: Result = image_sizes(folder, paths, progress=False) if key[2] == SIZES else len(paths)
+            paths = list_image_files(folder)
+            result: Result = image_sizes(folder, [path for _, path in paths], progress=False) \
+                if key[2] == SIZES else len(paths)
         except ConfigError as error:
             result = error
         except OSError as error:
