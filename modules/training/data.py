@@ -32,6 +32,7 @@ Contract:
   flip), so a cache can be keyed on it and serve stored results instead.
 """
 
+import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -280,6 +281,9 @@ class MicroBatchStream:
                  num_workers: int):
         self.indices = micro_batch_range(plan, start_step)
         self._next = self.indices.start
+        if multiprocessing.current_process().daemon:
+            num_workers = 0  # a daemonic process may not start workers; the batches are the same without
+
         source = _MicroBatchSource(dataset, plan, seed, rank, self.indices.stop)
         self._loader = torch.utils.data.DataLoader(
             source, batch_size=None, sampler=self.indices, num_workers=num_workers, collate_fn=_keep,
