@@ -116,8 +116,8 @@ def image_sizes(folder: str | os.PathLike, paths: list[str | os.PathLike],
     root = Path(folder).expanduser().resolve()
     file = index_file(root)
     known = _load_index(file, str(root))
-    top = str(Path(folder))
-    cut = len(top) + 1
+    prefix = str(Path(folder)) + os.sep
+    cut = len(prefix)
     files: dict[str, list[int]] = {}
     todo: list[tuple[int, str, str, os.stat_result]] = []
     sizes: list[tuple[int, int] | None] = []
@@ -128,8 +128,10 @@ def image_sizes(folder: str | os.PathLike, paths: list[str | os.PathLike],
         except OSError as error:
             raise unreadable(Path(path), error) from None
         # The listing joins names onto the folder, so the key is the rest of the string (fast).
-        key = path[cut:].replace(os.sep, "/") if path.startswith(top + os.sep) else \
-            Path(path).relative_to(folder).as_posix()
+        if path.startswith(prefix):
+            key = path[cut:] if os.sep == "/" else path[cut:].replace(os.sep, "/")
+        else:
+            key = Path(path).relative_to(folder).as_posix()
         entry = known.get(key)
         if entry is not None and entry[0] == status.st_mtime_ns and entry[1] == status.st_size:
             files[key] = entry
