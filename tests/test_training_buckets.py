@@ -15,7 +15,7 @@ from modules.step_plan import build_step_plan
 from modules.training import train
 from modules.training.data import MicroBatchStream
 from tests.test_buckets import TABLE_SIZES, write_image
-from tests.test_train_cli import environment, newest_step, run, train_command, wait_for, ROOT
+from tests.test_train_cli import ROOT, accelerate_launch, environment, newest_step, run, train_command, wait_for
 from tests.training_helpers import assert_same_weights, final_weights, one_thread, scalar_events  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -126,6 +126,17 @@ def test_sigkill_with_buckets_and_two_workers_then_resume_equals_a_straight_run(
     assert result.returncode == 0, result.stderr
     assert_same_weights(final_weights(straight.output.dir), final_weights(output))
     assert scalar_events(output)["lr/unet"] == scalar_events(straight.output.dir)["lr/unet"]
+
+
+def test_two_cpu_processes_take_the_bucketed_plans_steps(tmp_path, mixed_folder):
+    preset = bucket_preset(tmp_path, mixed_folder, training={"num_processes": 2})
+    plan = build_step_plan(preset)
+    path = tmp_path / "preset.json"
+    save_preset(preset, path)
+    result = run(accelerate_launch(path), timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "processes: 2" in result.stdout and f"finished {plan.total_steps} steps" in result.stdout
+    assert [step for step, _ in scalar_events(preset.output.dir)["loss/train"]] == list(range(plan.total_steps))
 
 
 def test_a_file_broken_after_its_header_is_named_by_path_during_training(tmp_path):
