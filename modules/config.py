@@ -160,6 +160,16 @@ class DataSection(Section):
     caption_extension: str = Field(".txt", min_length=1)
     default_caption: str | None = None
     caption_dropout: float = Field(0.0, ge=0, le=1)
+    buckets: bool = False
+    bucket_step: int = Field(64, ge=8)
+    bucket_max_aspect: float = Field(2.0, ge=1, le=8)
+    num_workers: int = Field(2, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _bucket_step(self):
+        if self.bucket_step % 8:
+            raise ConfigError(f"must be a multiple of 8, got {self.bucket_step}", "data.bucket_step")
+        return self
 
 
 class TrainingSection(Section):
@@ -373,6 +383,10 @@ class Preset(Section):
                     f"cannot stop the text encoders with {self.optimizer.type}: it applies one d * lr to every group, "
                     "so a group at LR 0 still moves (use adamw, or leave the text encoders frozen)",
                     "optimizer.text_encoder_stop_after")
+        if self.data.buckets and self.data.bucket_step > self.model.resolution:
+            raise ConfigError(
+                f"{self.data.bucket_step} is larger than model.resolution {self.model.resolution}: "
+                "no bucket fits (lower data.bucket_step)", "data.bucket_step")
         if self.optimizer.type in SCHEDULE_FREE_OPTIMIZERS:
             if self.scheduler.type != "constant":
                 raise ConfigError(

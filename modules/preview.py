@@ -56,7 +56,9 @@ class Preview:
             f"{plan.samples_per_epoch} samples per epoch",
             *self.caption_lines(),
             f"  micro-batches     {plan.micro_batches_per_epoch} per epoch per process "
-            f"(batch {plan.batch_size}{processes}{drop})",
+            f"(batch {plan.batch_size}{processes}{drop}"
+            + (", one bucket each" if plan.buckets else "") + ")",
+            *bucket_lines(plan, max_listed),
             f"  steps per epoch   {plan.steps_per_epoch} (accumulation {plan.gradient_accumulation_steps})",
             f"  total steps       {plan.total_steps} ({length})",
             f"  warmup steps      {plan.warmup_steps}",
@@ -76,7 +78,6 @@ class Preview:
             lines.extend(f"  - {warning}" for warning in plan.warnings)
         return lines
 
-
     def caption_lines(self) -> list[str]:
         """Text-to-image models: how many images have a caption file (the plan itself never depends on it)."""
         data = self.preset.data
@@ -86,8 +87,19 @@ class Preview:
         return [f"  captions          {summary.describe(data.default_caption)}"]
 
 
-def build_preview(preset: Preset, num_images: int | None = None) -> Preview:
-    plan = build_step_plan(preset, num_images)
+def bucket_lines(plan: StepPlan, max_listed: int = 12) -> list[str]:
+    """The aspect-ratio buckets as 'WIDTHxHEIGHT x IMAGES', the fullest first (none without buckets)."""
+    if not plan.buckets:
+        return []
+    fullest = sorted(plan.buckets, key=lambda bucket: (-bucket[2], bucket[0] / bucket[1]))
+    shown = [f"{width}x{height} x {images}" for width, height, images in fullest[:max_listed]]
+    more = f", ... ({len(fullest)} in all)" if len(fullest) > max_listed else ""
+    return [f"  buckets           {len(plan.buckets)} (resolution x images): {', '.join(shown)}{more}"]
+
+
+def build_preview(preset: Preset, num_images: int | None = None,
+                  image_sizes: list[tuple[int, int]] | None = None) -> Preview:
+    plan = build_step_plan(preset, num_images, image_sizes)
     return Preview(preset, plan, build_lr_curve(plan, preset.optimizer))
 
 

@@ -33,10 +33,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
+from modules.buckets import assign_buckets, bucket_resolutions, micro_batches_per_bucket
 from modules.config import DEFAULT_GROUP_NAME, SCHEDULE_FREE_OPTIMIZERS, Preset
 from modules.durations import parse_duration
 from modules.errors import ConfigError
-from modules.image_listing import list_images
+from modules.image_listing import list_image_files
+from modules.image_sizes import image_sizes as read_image_sizes
 from modules.model_types import resolve_model_type, text_encoder_groups
 from modules.schedules import ResolvedSchedule, cycle_starts, register_custom_values
 
@@ -113,6 +117,7 @@ class StepPlan:
     text_encoder_stop_steps: int | None = None     # from this optimizer step on they train at LR 0
     lr_scale: float = 1.0  # every group's base LR is multiplied by this (optimizer.lr_scaling)
     lr_scale_note: str = ""  # how: "lr 1e-4 x sqrt(8) = 2.83e-4 (batch 2 x accumulation 4)"; "" when unscaled
+    buckets: tuple[tuple[int, int, int], ...] = ()  # (width, height, images) of each used bucket; () without
 
     # --- derived views ---------------------------------------------------------
 
@@ -156,7 +161,9 @@ class StepPlan:
         return json.loads(json.dumps(self._identity_fields()))
 
     def _identity_fields(self) -> dict:
+        buckets = {"buckets": [list(bucket) for bucket in self.buckets]} if self.buckets else {}
         return {
+            **buckets,
             "images": self.num_images,
             "repeats": self.repeats,
             "batch_size": self.batch_size,
@@ -184,8 +191,9 @@ class StepPlan:
             if self.max_steps is None
             else f"{self.steps_per_epoch} steps/epoch, max_steps"
         )
+        in_buckets = f" in {len(self.buckets)} bucket{'s' * (len(self.buckets) != 1)}" if self.buckets else ""
         return (
-            f"{self.num_images} image{'s' * (self.num_images != 1)} x {self.repeats} "
+            f"{self.num_images} image{'s' * (self.num_images != 1)}{in_buckets} x {self.repeats} "
             f"repeat{'s' * (self.repeats != 1)}, batch {self.batch_size}{processes}, "
             f"accumulation {self.gradient_accumulation_steps} -> {length} = {self.total_steps} steps, "
             f"warmup {self.warmup_steps}" + (f", {self.lr_scale_note}" if self.lr_scale_note else "")
@@ -288,24 +296,52 @@ def describe_changes(old_identity: dict, new_identity: dict) -> list[str]:
 def count_images(preset: Preset) -> int:
     if not preset.data.path:
         raise ConfigError("is not set: choose the folder of training images", "data.path")
-    return len(list_images(preset.data.path))
+    return len(list_image_files(preset.data.path))
 
 
-def build_step_plan(preset: Preset, num_images: int | None = None) -> StepPlan:
-    """The plan for `preset`. Counts the dataset folder unless `num_images` is given."""
+def dataset_image_sizes(preset: Preset) -> list[tuple[int, int]]:
+    """(width, height) of every image of the dataset, in listing order, from the file headers."""
+    if not preset.data.path:
+        raise ConfigError("is not set: choose the folder of training images", "data.path")
+    return read_image_sizes(preset.data.path, [path for _, path in list_image_files(preset.data.path)])
+
+
+def count_buckets(preset: Preset, image_sizes: list[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:
+    """(width, height, images) of every bucket that holds images, in bucket order."""
+    data = preset.data
+    resolutions = bucket_resolutions(preset.model.resolution, data.bucket_step, data.bucket_max_aspect)
+    counts = [int(count) for count in
+              np.bincount(assign_buckets(image_sizes, resolutions), minlength=len(resolutions))]
+    return tuple((width, height, count) for (width, height), count in zip(resolutions, counts) if count)
+
+
+def build_step_plan(preset: Preset, num_images: int | None = None,
+                    image_sizes: list[tuple[int, int]] | None = None) -> StepPlan:
+    """The plan for `preset`. Counts the dataset folder unless `num_images` (or, with buckets,
+    `image_sizes`: (width, height) of every image in listing order) is given."""
+    data, training, scheduler = preset.data, preset.training, preset.scheduler
+    if data.buckets and image_sizes is None:
+        image_sizes = dataset_image_sizes(preset)
+    if image_sizes is not None:
+        num_images = len(image_sizes)
     if num_images is None:
         num_images = count_images(preset)
     if num_images < 1:
         raise ConfigError("the dataset holds no images", "data.path")
-    data, training, scheduler = preset.data, preset.training, preset.scheduler
     batch, processes, accumulation = training.batch_size, training.num_processes, training.gradient_accumulation_steps
 
     samples = num_images * data.repeats
     per_step = batch * processes
-    micro_batches = samples // per_step if data.drop_last else math.ceil(samples / per_step)
+    buckets = count_buckets(preset, image_sizes) if data.buckets else ()
+    if buckets:
+        micro_batches = sum(micro_batches_per_bucket([images * data.repeats for _, _, images in buckets],
+                                                     per_step, data.drop_last))
+    else:
+        micro_batches = samples // per_step if data.drop_last else math.ceil(samples / per_step)
     if micro_batches == 0:
+        short = "every bucket holds fewer samples than" if buckets else f"{samples} samples per epoch <"
         raise ConfigError(
-            f"drop_last leaves no batch: {samples} samples per epoch < batch {batch} x {processes} processes",
+            f"drop_last leaves no batch: {short} batch {batch} x {processes} processes",
             "data.drop_last",
         )
     steps_per_epoch = math.ceil(micro_batches / accumulation)
@@ -427,6 +463,7 @@ def build_step_plan(preset: Preset, num_images: int | None = None) -> StepPlan:
         text_encoder_stop_steps=text_encoder_stop,
         lr_scale=lr_scale,
         lr_scale_note=lr_scale_note,
+        buckets=buckets,
     )
     return _with_warnings(plan, preset)
 
@@ -442,7 +479,9 @@ def _with_warnings(plan: StepPlan, preset: Preset) -> StepPlan:
             f"{plan.gradient_accumulation_steps} micro-batches (its loss is averaged over {remainder})"
         )
     per_step = plan.samples_per_micro_batch
-    if plan.drop_last and plan.samples_per_epoch % per_step:
+    if plan.buckets:
+        warnings.extend(_bucket_warnings(plan))
+    elif plan.drop_last and plan.samples_per_epoch % per_step:
         warnings.append(
             f"drop_last skips {plan.samples_per_epoch % per_step} of {plan.samples_per_epoch} samples each epoch"
         )
@@ -508,3 +547,26 @@ def _with_warnings(plan: StepPlan, preset: Preset) -> StepPlan:
     ):
         warnings.append(f"training.max_steps ({plan.max_steps}) overrides training.epochs ({preset.training.epochs})")
     return StepPlan(**{**plan.__dict__, "warnings": tuple(warnings)})
+
+
+def _bucket_warnings(plan: StepPlan) -> list[str]:
+    """Buckets smaller than one micro-batch, and what each epoch repeats or skips."""
+    per_step = plan.samples_per_micro_batch
+    warnings = []
+    batch = f"one batch ({plan.batch_size}" + (f" x {plan.num_processes} processes" if plan.num_processes > 1
+                                              else "") + ")"
+    for width, height, images in plan.buckets:
+        samples = images * plan.repeats
+        if samples < per_step:
+            fate = "skipped every epoch (drop_last)" if plan.drop_last else "its micro-batch repeats samples"
+            warnings.append(f"bucket {width}x{height} holds {samples} sample{'s' * (samples != 1)}, "
+                            f"fewer than {batch}: {fate}")
+    short = sum((images * plan.repeats) % per_step for _, _, images in plan.buckets)
+    if plan.drop_last and short:
+        warnings.append(f"drop_last skips {short} of {plan.samples_per_epoch} samples each epoch "
+                        "(the last, short micro-batch of each bucket)")
+    elif short:
+        filled = sum(-(images * plan.repeats) % per_step for _, _, images in plan.buckets)
+        warnings.append(f"{filled} repeated sample{'s' * (filled != 1)} fill the last micro-batch of buckets "
+                        "that do not divide into whole micro-batches")
+    return warnings

@@ -667,3 +667,31 @@ def test_find_lr_applies_the_suggestion_divided_by_the_lr_scaling(image_folder):
     finder.min_lr = 0
     with pytest.raises(ConfigError, match="--min-lr must be a positive number"):
         finder.start()
+
+
+def test_with_buckets_the_app_plans_from_the_image_sizes_and_lists_the_buckets(tmp_path):
+    from PIL import Image
+
+    from modules.preview import bucket_lines
+    from modules.step_plan import build_step_plan
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for index, (width, height) in enumerate([(16, 16), (32, 16), (16, 32), (32, 8), (17, 16)]):
+        Image.fromarray(np.zeros((height, width, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    counter = ImageCounter(synchronous=True)
+    draft = PresetDraft({"model": {"resolution": 16}, "data": {"path": str(folder)},
+                         "training": {"batch_size": 2}}, counter)
+    for key, text in (("data.buckets", True), ("data.bucket_step", "8"), ("data.bucket_max_aspect", "4"),
+                      ("data.num_workers", "0")):
+        draft.set_text(key, text)
+    state = draft.wait_for_images()
+    assert state.error is None and state.image_count == 5
+    plan = state.preview.plan
+    assert plan == build_step_plan(state.preset)  # the trainer's plan, counted from the same headers
+    assert [(w, h, n) for w, h, n in plan.buckets] == [(8, 24, 1), (16, 16, 2), (24, 8, 1), (32, 8, 1)]
+    assert "16x16 x 2" in bucket_lines(plan)[0]
+    assert any("bucket 8x24 holds 1 sample, fewer than one batch" in warning for warning in plan.warnings)
+    draft.set_text("data.bucket_step", "12")
+    state = draft.evaluate()
+    assert state.error_key == "data.bucket_step" and "multiple of 8" in state.error

@@ -9,6 +9,10 @@ answered at once with its error. The view polls `collect()` from a Tk
 recomputed. Results are cached per folder and the folder's modification
 time, so editing other fields never walks 100,000 files again; `forget`
 drops a folder's entry (the "recount" button).
+
+`lookup_sizes(folder)` is the same for the image sizes that aspect-ratio
+buckets need (`modules.image_sizes.image_sizes`: the file headers, through
+the size index), a list of (width, height) in listing order.
 """
 
 import os
@@ -16,18 +20,20 @@ import threading
 from pathlib import Path
 
 from modules.errors import ConfigError
-from modules.image_listing import list_images
+from modules.image_listing import list_image_files
+from modules.image_sizes import image_sizes
 
-Result = int | ConfigError
+Result = int | list[tuple[int, int]] | ConfigError
+COUNT, SIZES = "count", "sizes"
 
 
-def _folder_key(folder: str) -> tuple[str, int | None]:
+def _folder_key(folder: str, kind: str = COUNT) -> tuple[str, int | None, str]:
     path = Path(folder).expanduser().resolve()
     try:
         modified_ns = os.stat(path).st_mtime_ns
     except OSError:
         modified_ns = None
-    return str(path), modified_ns
+    return str(path), modified_ns, kind
 
 
 class ImageCounter:
@@ -42,7 +48,14 @@ class ImageCounter:
 
     def lookup(self, folder: str) -> Result | None:
         """The count for `folder`, its error, or None while it is being counted."""
-        key = _folder_key(folder)
+        return self._lookup(folder, COUNT)
+
+    def lookup_sizes(self, folder: str) -> Result | None:
+        """The (width, height) of every image of `folder`, its error, or None while they are read."""
+        return self._lookup(folder, SIZES)
+
+    def _lookup(self, folder: str, kind: str) -> Result | None:
+        key = _folder_key(folder, kind)
         with self._lock:
             if key in self._results:
                 return self._results[key]
@@ -60,7 +73,9 @@ class ImageCounter:
 
     def _count(self, key, folder: str) -> None:
         try:
-            result: Result = len(list_images(folder))
+            paths = list_image_files(folder)
+            result: Result = image_sizes(folder, [path for _, path in paths], progress=False) \
+                if key[2] == SIZES else len(paths)
         except ConfigError as error:
             result = error
         except OSError as error:

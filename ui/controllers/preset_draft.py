@@ -282,17 +282,21 @@ class PresetDraft:
             preset = validate_preset(raw)
         except ConfigError as error:
             return PreviewState(None, False, str(error), error.key, revision=revision)
-        count = None
+        count, sizes = None, None
         if preset.data.path:
-            found = self.counter.lookup(preset.data.path)
+            lookup = self.counter.lookup_sizes if preset.data.buckets else self.counter.lookup
+            found = lookup(preset.data.path)
             if found is None:
                 return PreviewState(None, False, counting=preset.data.path, preset=preset, revision=revision)
             if isinstance(found, ConfigError):
                 return PreviewState(None, False, str(found), found.key, preset=preset, revision=revision)
-            count = found
+            if isinstance(found, list):  # buckets: every image's size
+                count, sizes = len(found), found
+            else:
+                count = found
         try:
             # num_images None with no data.path: the plan raises "data.path: is not set".
-            preview = build_preview(preset, count)
+            preview = build_preview(preset, count, sizes)
             # The curve is computed on first use: here, so that the caller's thread pays for it.
             preview.curve.applied_multipliers, preview.curve.effective_multipliers  # noqa: B018
         except ConfigError as error:
