@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 
 from modules.durations import DurationValue, parse_duration
 from modules.errors import ConfigError
+from modules.model_types import check_unet_options
 
 PRESET_VERSION = 1
 
@@ -361,12 +362,7 @@ class Preset(Section):
             raise ConfigError("needs optimizer.text_encoder_lr (the text encoders are frozen without it)",
                               "optimizer.text_encoder_stop_after")
         if self.model.type == "unet" or self.model.config:
-            if self.optimizer.text_encoder_lr is not None:
-                raise ConfigError("is for stable_diffusion and stable_diffusion_xl models; a unet model has no "
-                                  "text encoder", "optimizer.text_encoder_lr")
-            if self.training.method == "lora":
-                raise ConfigError("'lora' needs a stable_diffusion or stable_diffusion_xl model (model.type)",
-                                  "training.method")
+            check_unet_options(self)
         if self.optimizer.type in ADAPTIVE_OPTIMIZERS:
             for index, group in enumerate(self.optimizer.param_groups):
                 if group.lr != self.optimizer.lr:
