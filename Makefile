@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: setup demo test gui bench xvfb clean
+.PHONY: setup demo lr-find test gui bench xvfb clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo: setup
 	$(PY) scripts/preview.py training_presets/text_to_image_demo.json \
 		--csv output/text_to_image_demo/preview.csv --png output/text_to_image_demo/preview.png
 	$(PY) scripts/train.py training_presets/text_to_image_demo.json
+
+# LR range test on the demo preset (a throw-away copy: output/demo is left alone).
+lr-find: setup
+	$(PY) scripts/lr_find.py training_presets/demo.json --csv output/lr_find/demo.csv --png output/lr_find/demo.png
 
 test: setup xvfb
 	$(PY) -m pytest

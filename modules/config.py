@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 
 from modules.durations import DurationValue, parse_duration
 from modules.errors import ConfigError
+from modules.model_types import check_unet_options
 
 PRESET_VERSION = 1
 
@@ -44,8 +45,12 @@ SchedulerType = Literal[
     "inverse_sqrt",
     "warmup_stable_decay",
     "piecewise_constant",
+    "custom",
+    "sequence",
 ]
-OptimizerType = Literal["adamw", "sgd", "adamw_schedule_free", "radam_schedule_free"]
+OptimizerType = Literal[
+    "adamw", "sgd", "adamw_schedule_free", "radam_schedule_free", "prodigy", "dadapt_adam", "adamw_8bit"
+]
 ModelConfigName = Literal["tiny"]
 ModelType = Literal["auto", "unet", "stable_diffusion", "stable_diffusion_xl"]
 TrainingMethod = Literal["full", "lora"]
@@ -58,6 +63,9 @@ MODEL_TYPES: tuple[str, ...] = get_args(ModelType)
 TRAINING_METHODS: tuple[str, ...] = get_args(TrainingMethod)
 DEFAULT_LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 SCHEDULE_FREE_OPTIMIZERS = ("adamw_schedule_free", "radam_schedule_free")
+ADAPTIVE_OPTIMIZERS = ("prodigy", "dadapt_adam")  # they scale `lr` by their own estimate d
+LR_SCALINGS = ("none", "linear", "sqrt")
+LR_SCALING_BY = ("global_batch", "batch", "accumulation")
 DEFAULT_GROUP_NAME = "unet"
 
 
@@ -153,6 +161,16 @@ class DataSection(Section):
     caption_extension: str = Field(".txt", min_length=1)
     default_caption: str | None = None
     caption_dropout: float = Field(0.0, ge=0, le=1)
+    buckets: bool = False
+    bucket_step: int = Field(64, ge=8)
+    bucket_max_aspect: float = Field(2.0, ge=1, le=8)
+    num_workers: int = Field(2, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _bucket_step(self):
+        if self.bucket_step % 8:
+            raise ConfigError(f"must be a multiple of 8, got {self.bucket_step}", "data.bucket_step")
+        return self
 
 
 class TrainingSection(Section):
@@ -212,6 +230,12 @@ class OptimizerSection(Section):
     param_groups: list[ParamGroup] = Field(default_factory=list)
     text_encoder_lr: float | None = Field(None, gt=0)
     text_encoder_stop_after: OptionalDuration = None
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    lr_scaling_by: Literal["global_batch", "batch", "accumulation"] = "global_batch"
+    # prodigy / dadapt_adam (d_coef: prodigy only)
+    d_coef: float = Field(1.0, gt=0)
+    safeguard_warmup: bool = False
+    use_bias_correction: bool = False
 
     @model_validator(mode="after")
     def _groups(self):
@@ -240,6 +264,17 @@ class OptimizerSection(Section):
         return [group.lr for group in self.param_groups] + [self.lr]
 
 
+class Phase(Section):
+    """One phase of a `sequence` schedule: from the previous phase's end to `until`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True,
+                              serialize_by_alias=True)
+    shape: Literal["linear", "cosine", "constant"]
+    until: Duration
+    to: float | None = Field(None, ge=0)
+    start: float | None = Field(None, ge=0, alias="from")
+
+
 class SchedulerSection(Section):
     type: SchedulerType = "constant"
     warmup: Duration = 0
@@ -252,9 +287,23 @@ class SchedulerSection(Section):
     decay: Duration = "20%"
     decay_shape: Literal["linear", "cosine", "sqrt"] = "linear"
     steps: list[tuple[Duration, float]] | None = None
+    function: str | None = None
+    phases: list[Phase] | None = None
 
     @model_validator(mode="after")
     def _shape_fields(self):
+        if self.type == "custom" and not self.function:
+            raise ConfigError('is required for custom: "path/to/file.py:name" or "package.module:name"',
+                              "scheduler.function")
+        if self.type == "sequence" and not self.phases:
+            raise ConfigError(
+                'is required for sequence: a list of {"shape", "until", "to"}, e.g. '
+                '[{"shape": "linear", "from": 0, "until": "5%", "to": 1}, {"shape": "cosine", "until": "100%", "to": 0}]',
+                "scheduler.phases",
+            )
+        if self.type in ("custom", "sequence") and parse_duration(self.warmup, "scheduler.warmup").amount != 0:
+            hint = "write the warmup as the first phase" if self.type == "sequence" else "the function gives every step"
+            raise ConfigError(f"must be 0 with the {self.type} schedule ({hint})", "scheduler.warmup")
         if self.type == "cosine_with_hard_restarts" and (
             self.cycles < 1 or not float(self.cycles).is_integer()
         ):
@@ -313,12 +362,27 @@ class Preset(Section):
             raise ConfigError("needs optimizer.text_encoder_lr (the text encoders are frozen without it)",
                               "optimizer.text_encoder_stop_after")
         if self.model.type == "unet" or self.model.config:
-            if self.optimizer.text_encoder_lr is not None:
-                raise ConfigError("is for stable_diffusion and stable_diffusion_xl models; a unet model has no "
-                                  "text encoder", "optimizer.text_encoder_lr")
-            if self.training.method == "lora":
-                raise ConfigError("'lora' needs a stable_diffusion or stable_diffusion_xl model (model.type)",
-                                  "training.method")
+            check_unet_options(self)
+        if self.optimizer.type in ADAPTIVE_OPTIMIZERS:
+            for index, group in enumerate(self.optimizer.param_groups):
+                if group.lr != self.optimizer.lr:
+                    raise ConfigError(
+                        f"is {group.lr:g} but {self.optimizer.type} trains every group at one LR (optimizer.lr "
+                        f"{self.optimizer.lr:g}; its d adapts it): set it equal or remove the group",
+                        f"optimizer.param_groups.{index}.lr")
+            if self.optimizer.text_encoder_lr is not None and self.optimizer.text_encoder_lr != self.optimizer.lr:
+                raise ConfigError(
+                    f"is {self.optimizer.text_encoder_lr:g} but {self.optimizer.type} trains every group at one LR "
+                    f"(optimizer.lr {self.optimizer.lr:g}; its d adapts it): set it equal", "optimizer.text_encoder_lr")
+            if self.optimizer.text_encoder_stop_after is not None:
+                raise ConfigError(
+                    f"cannot stop the text encoders with {self.optimizer.type}: it applies one d * lr to every group, "
+                    "so a group at LR 0 still moves (use adamw, or leave the text encoders frozen)",
+                    "optimizer.text_encoder_stop_after")
+        if self.data.buckets and self.data.bucket_step > self.model.resolution:
+            raise ConfigError(
+                f"{self.data.bucket_step} is larger than model.resolution {self.model.resolution}: "
+                "no bucket fits (lower data.bucket_step)", "data.bucket_step")
         if self.optimizer.type in SCHEDULE_FREE_OPTIMIZERS:
             if self.scheduler.type != "constant":
                 raise ConfigError(
@@ -352,17 +416,32 @@ MIGRATIONS: dict[int, Any] = {}
 
 
 def _field_names(model: type[BaseModel]) -> list[str]:
-    return list(model.model_fields)
+    return [field.alias or name for name, field in model.model_fields.items()]
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     model: type[BaseModel] | None = Preset
+    list_item: type[BaseModel] | None = None  # set when the previous part named a list of sections
     for part in loc:
+        if list_item is not None and isinstance(part, int):
+            model, list_item = list_item, None
+            continue
         if model is None or not isinstance(part, str) or part not in model.model_fields:
             return None
         annotation = model.model_fields[part].annotation
+        list_item = _list_item_model(annotation)
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
     return model
+
+
+def _list_item_model(annotation) -> type[BaseModel] | None:
+    """The section model of a `list[Section]` or `list[Section] | None` annotation, else None."""
+    for option in (annotation, *get_args(annotation)):
+        args = get_args(option)
+        if getattr(option, "__origin__", None) is list and args and isinstance(args[0], type) \
+                and issubclass(args[0], BaseModel):
+            return args[0]
+    return None
 
 
 def _error_line(error: ValidationError) -> ConfigError:

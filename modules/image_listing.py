@@ -18,22 +18,32 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 def list_images(folder: str | os.PathLike, key: str = "data.path") -> list[Path]:
     """Return the image files of `folder`; ConfigError if it is missing or holds none."""
+    return [Path(path) for _, path in list_image_files(folder, key)]
+
+
+def list_image_files(folder: str | os.PathLike, key: str = "data.path") -> list[tuple[str, str]]:
+    """The same listing as (path relative to `folder` in POSIX form, path) strings.
+
+    Strings, not Path objects: a folder of 100,000 images is listed several times faster.
+    """
     root = Path(folder)
     if not root.exists():
         raise ConfigError(f"dataset folder '{root}' does not exist", key)
     if not root.is_dir():
         raise ConfigError(f"'{root}' is not a folder", key)
-    found: list[tuple[str, Path]] = []
-    for directory, subdirectories, files in os.walk(root):
+    top = str(root)
+    found: list[tuple[str, str]] = []
+    for directory, subdirectories, files in os.walk(top):
         subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+        # os.walk joins each subfolder onto `top`, so the relative part is the rest of the string.
+        prefix = "" if directory == top else directory[len(top):].lstrip(os.sep).replace(os.sep, "/") + "/"
         for name in files:
             if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
-            path = Path(directory, name)
-            found.append((path.relative_to(root).as_posix(), path))
+            found.append((prefix + name, directory + os.sep + name))
     if not found:
         raise ConfigError(
             f"dataset folder '{root}' holds no images ({', '.join(IMAGE_EXTENSIONS)})", key
         )
     found.sort(key=lambda item: item[0])
-    return [path for _, path in found]
+    return found

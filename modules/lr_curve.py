@@ -6,6 +6,7 @@
     effective_lr[g][k] = base_lr[g] * effective_multipliers(k)  what the optimizer really uses (preview, TensorBoard)
 
 The two differ only for schedule-free optimizers (see `modules.schedules`).
+`base_lr[g]` is the preset's LR of group g times `plan.lr_scale` (SPEC §9).
 Steps past the plan read the last step's value. A group with a stop step
 (the text encoders with `optimizer.text_encoder_stop_after`, SPEC §7) has
 LR 0 from that step on, in both.
@@ -101,12 +102,15 @@ class LrCurve:
 
 
 def build_lr_curve(plan: StepPlan, optimizer: OptimizerSection) -> LrCurve:
-    # Text-encoder groups (SPEC §7) follow the named groups and 'unet', at text_encoder_lr.
+    """The curve of `plan` for `optimizer`'s groups; base LRs times the plan's `lr_scale` (optimizer.lr_scaling).
+
+    Text-encoder groups (SPEC §7) follow the named groups and 'unet', at text_encoder_lr.
+    """
     encoders = plan.text_encoder_groups
     names = tuple(optimizer.group_names) + tuple(encoders)
     base_lrs = tuple(optimizer.base_lrs) + (optimizer.text_encoder_lr,) * len(encoders)
     stops = (None,) * len(optimizer.group_names) + (plan.text_encoder_stop_steps,) * len(encoders)
-    return LrCurve(plan, names, base_lrs, stops)
+    return LrCurve(plan, names, tuple(lr * plan.lr_scale for lr in base_lrs), stops)
 
 
 def read_lr_csv(path) -> tuple[list[str], np.ndarray]:

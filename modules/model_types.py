@@ -68,15 +68,26 @@ def resolve_model_type(model_section) -> str:
     return UNET
 
 
+def check_unet_options(preset) -> None:
+    """ConfigError for a text-to-image option on a unet model (text_encoder_lr, LoRA)."""
+    for key, used in (("optimizer.text_encoder_lr", preset.optimizer.text_encoder_lr is not None),
+                      ("training.method", preset.training.method == "lora")):
+        if not used:
+            continue
+        path = preset.model.path
+        if preset.model.type == "auto" and path and not Path(path).is_dir():
+            raise ConfigError(f"model folder '{path}' does not exist (model.type auto reads its {MODEL_INDEX_FILE} "
+                              f"to tell a text-to-image pipeline from a UNet)", "model.path")
+        if key == "training.method":
+            raise ConfigError("'lora' needs a stable_diffusion or stable_diffusion_xl model (model.type)", key)
+        raise ConfigError("is for stable_diffusion and stable_diffusion_xl models; a unet model has no "
+                          "text encoder", key)
+
+
 def text_encoder_groups(preset, model_type: str | None = None) -> tuple[str, ...]:
     """The text-encoder parameter groups that train (in optimizer order); ConfigError where none can."""
     model_type = model_type or resolve_model_type(preset.model)
     if model_type == UNET:
-        if preset.optimizer.text_encoder_lr is not None:
-            raise ConfigError("is for stable_diffusion and stable_diffusion_xl models; a unet model has no "
-                              "text encoder", "optimizer.text_encoder_lr")
-        if preset.training.method == "lora":
-            raise ConfigError("'lora' needs a stable_diffusion or stable_diffusion_xl model (model.type)",
-                              "training.method")
+        check_unet_options(preset)
         return ()
     return TEXT_ENCODER_GROUPS[model_type] if preset.optimizer.text_encoder_lr is not None else ()

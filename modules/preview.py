@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from modules.captions import summarize_captions
-from modules.config import Preset
+from modules.config import ADAPTIVE_OPTIMIZERS, Preset
 from modules.image_listing import list_images
 from modules.model_types import TEXT_TO_IMAGE_TYPES
 from modules.lr_curve import LrCurve, build_lr_curve
@@ -22,6 +22,15 @@ class Preview:
     preset: Preset
     plan: StepPlan
     curve: LrCurve
+
+    @property
+    def notes(self) -> list[str]:
+        """What the curve cannot show (not a mistake, so not a warning)."""
+        optimizer = self.preset.optimizer.type
+        if optimizer in ADAPTIVE_OPTIMIZERS:
+            return [f"{optimizer} multiplies this curve by its own d, learnt while training: the LR it really "
+                    "applies (d x lr x f(k)) is logged as lr_effective/<group> and drawn on the app's Run tab"]
+        return []
 
     def report_lines(self, max_listed: int = 12) -> list[str]:
         """The plan as a short readable summary (what `scripts/preview.py` prints)."""
@@ -47,7 +56,9 @@ class Preview:
             f"{plan.samples_per_epoch} samples per epoch",
             *self.caption_lines(),
             f"  micro-batches     {plan.micro_batches_per_epoch} per epoch per process "
-            f"(batch {plan.batch_size}{processes}{drop})",
+            f"(batch {plan.batch_size}{processes}{drop}"
+            + (", one bucket each" if plan.buckets else "") + ")",
+            *bucket_lines(plan, max_listed),
             f"  steps per epoch   {plan.steps_per_epoch} (accumulation {plan.gradient_accumulation_steps})",
             f"  total steps       {plan.total_steps} ({length})",
             f"  warmup steps      {plan.warmup_steps}",
@@ -61,11 +72,11 @@ class Preview:
             lines.append(
                 f"  lr/{name:<14} peak {column.max():.4g}, first {column[0]:.4g}, last {column[-1]:.4g}"
             )
+        lines.extend(f"note: {note}" for note in self.notes)
         if plan.warnings:
             lines.append("warnings:")
             lines.extend(f"  - {warning}" for warning in plan.warnings)
         return lines
-
 
     def caption_lines(self) -> list[str]:
         """Text-to-image models: how many images have a caption file (the plan itself never depends on it)."""
@@ -76,8 +87,19 @@ class Preview:
         return [f"  captions          {summary.describe(data.default_caption)}"]
 
 
-def build_preview(preset: Preset, num_images: int | None = None) -> Preview:
-    plan = build_step_plan(preset, num_images)
+def bucket_lines(plan: StepPlan, max_listed: int = 12) -> list[str]:
+    """The aspect-ratio buckets as 'WIDTHxHEIGHT x IMAGES', the fullest first (none without buckets)."""
+    if not plan.buckets:
+        return []
+    fullest = sorted(plan.buckets, key=lambda bucket: (-bucket[2], bucket[0] / bucket[1]))
+    shown = [f"{width}x{height} x {images}" for width, height, images in fullest[:max_listed]]
+    more = f", ... ({len(fullest)} in all)" if len(fullest) > max_listed else ""
+    return [f"  buckets           {len(plan.buckets)} (resolution x images): {', '.join(shown)}{more}"]
+
+
+def build_preview(preset: Preset, num_images: int | None = None,
+                  image_sizes: list[tuple[int, int]] | None = None) -> Preview:
+    plan = build_step_plan(preset, num_images, image_sizes)
     return Preview(preset, plan, build_lr_curve(plan, preset.optimizer))
 
 

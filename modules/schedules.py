@@ -48,6 +48,9 @@ class ResolvedSchedule:
     piecewise: tuple[tuple[int, float], ...] = ()
     schedule_free: str | None = None
     beta2: float = 0.999
+    function: str = ""  # custom: "file.py:name" or "module:name"
+    function_sha256: str = ""  # custom: digest of the function's source file
+    phases: tuple[tuple[str, int, float, float], ...] = ()  # sequence: (shape, end step, from, to)
 
 
 def _g(schedule: ResolvedSchedule, v: np.ndarray) -> np.ndarray:
@@ -171,6 +174,62 @@ def piecewise_constant(schedule, k):
     return values[np.searchsorted(boundaries, k, side="right") - 1]
 
 
+# custom: the user's values per (function, source digest, T), loaded and checked by the step plan
+# (`modules.custom_schedule`); kept here so the shape stays a pure lookup. The newest few plans only.
+_CUSTOM_VALUES: dict[tuple[str, str, int], np.ndarray] = {}
+_CUSTOM_KEEP = 8
+
+
+def register_custom_values(schedule: ResolvedSchedule, values: np.ndarray) -> None:
+    """Make `values` (one checked multiplier per step of the plan) the curve of `schedule`."""
+    key = (schedule.function, schedule.function_sha256, schedule.total_steps)
+    _CUSTOM_VALUES.pop(key, None)
+    _CUSTOM_VALUES[key] = values
+    while len(_CUSTOM_VALUES) > _CUSTOM_KEEP:
+        del _CUSTOM_VALUES[next(iter(_CUSTOM_VALUES))]
+
+
+def custom(schedule, k):
+    """The user's function, called once on the whole plan by the step plan: f = values[k]."""
+    values = _CUSTOM_VALUES.get((schedule.function, schedule.function_sha256, schedule.total_steps))
+    if values is None:
+        raise ValueError(f"the values of {schedule.function!r} are not loaded: build the plan with "
+                         "modules.step_plan.build_step_plan")
+    return values[k]
+
+
+def sequence(schedule, k):
+    """Phase i covers [end_{i-1}, end_i) (end_{-1} = 0) and moves from `from_i` to `to_i`:
+    f = from + (to - from) * s(q), q = (k - start) / (end - start), s(q) = q (linear),
+    0.5 * (1 - cos(pi * q)) (cosine), 0 (constant: holds `from`)."""
+    ends = np.array([phase[1] for phase in schedule.phases], dtype=np.int64)
+    result = np.empty(k.shape, dtype=np.float64)
+    ordered = k.size < 2 or bool((k[1:] >= k[:-1]).all())
+    if ordered:  # the whole plan: each phase is one slice of k (views, no masks)
+        bounds = np.searchsorted(k, ends, side="left")
+        pieces = [slice(first, last) for first, last in zip(np.concatenate(([0], bounds[:-1])), bounds)]
+    else:
+        index = np.searchsorted(ends, k, side="right")  # k < T = ends[-1], so every k has a phase
+        pieces = [index == position for position in range(len(ends))]
+    start = 0
+    for piece, (shape, end, start_factor, end_factor) in zip(pieces, schedule.phases):
+        if shape == "constant" or end_factor == start_factor:
+            result[piece] = start_factor
+        else:
+            q = (k[piece] - start).astype(np.float64)
+            q /= float(end - start)
+            if shape == "cosine":
+                q *= np.pi
+                np.cos(q, out=q)
+                q -= 1.0
+                q *= -0.5
+            q *= end_factor - start_factor
+            q += start_factor
+            result[piece] = q
+        start = end
+    return result
+
+
 SHAPES = {
     "constant": constant,
     "linear": linear,
@@ -183,6 +242,8 @@ SHAPES = {
     "inverse_sqrt": inverse_sqrt,
     "warmup_stable_decay": warmup_stable_decay,
     "piecewise_constant": piecewise_constant,
+    "custom": custom,
+    "sequence": sequence,
 }
 
 
@@ -296,7 +357,7 @@ def _radam_unsettled_steps(beta2: float, rho_inf: float, steps: int) -> int:
 
 
 def cycle_starts(schedule: ResolvedSchedule) -> list[int]:
-    """Optimizer steps at which a new cycle begins (restart shapes and sine); [] otherwise.
+    """Optimizer steps at which a new cycle (restart shapes and sine) or phase (sequence) begins; [] otherwise.
 
     Derived from the same expression the curve uses, so the marks in the
     preview fall exactly where the curve jumps.
@@ -306,6 +367,8 @@ def cycle_starts(schedule: ResolvedSchedule) -> list[int]:
         return []
     if schedule.type == "sine":
         return list(range(warmup_steps + schedule.period_steps, total, schedule.period_steps))
+    if schedule.type == "sequence":
+        return [end for _, end, _, _ in schedule.phases[:-1]]  # where each phase after the first begins
     if schedule.type in ("cosine_with_restarts", "cosine_with_hard_restarts"):
         k = np.arange(warmup_steps, total, dtype=np.int64)
         cycle_index = np.floor(float(schedule.cycles) * _progress(schedule, k))

@@ -10,7 +10,7 @@ gradient accumulation A, processes W, drop_last, and epochs E or max_steps.
     total optimizer steps        T = E * U, or T = max_steps when it is set
 
 Every duration of the preset (warmup, period, timescale, decay, piecewise
-boundaries, checkpoint and sample intervals) is converted to optimizer
+boundaries, sequence phase ends, checkpoint and sample intervals) is converted to optimizer
 steps here and nowhere else. The training loop takes exactly T optimizer
 steps and the scheduler is built from this same object.
 
@@ -22,6 +22,9 @@ lists), so `checkpoint_every: 1` over the longest plan costs nothing. The
 checkpoint steps always include the last step T: training writes a
 checkpoint there; `checkpoint_every: null` means no periodic checkpoints,
 only that final one.
+LR scaling (SPEC §9) is decided here too: `lr_scale` is n or sqrt(n) for
+n = B*W*A (global_batch), B*W (batch) or A (accumulation), and every
+group's base LR is multiplied by it once, in `modules.lr_curve`.
 """
 
 import hashlib
@@ -30,12 +33,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
+from modules.buckets import assign_buckets, bucket_resolutions, micro_batches_per_bucket
 from modules.config import DEFAULT_GROUP_NAME, SCHEDULE_FREE_OPTIMIZERS, Preset
 from modules.durations import parse_duration
 from modules.errors import ConfigError
-from modules.image_listing import list_images
+from modules.image_listing import list_image_files
+from modules.image_sizes import image_sizes as read_image_sizes
 from modules.model_types import resolve_model_type, text_encoder_groups
-from modules.schedules import ResolvedSchedule, cycle_starts
+from modules.schedules import ResolvedSchedule, cycle_starts, register_custom_values
 
 TRANSFORMERS_DEFAULT_TIMESCALE = 10_000
 MAX_TOTAL_STEPS = 10_000_000
@@ -108,6 +115,9 @@ class StepPlan:
     model_type: str = "unet"                       # modules.model_types: the family this plan trains
     text_encoder_groups: tuple[str, ...] = ()      # the text-encoder param groups that train (SPEC §7)
     text_encoder_stop_steps: int | None = None     # from this optimizer step on they train at LR 0
+    lr_scale: float = 1.0  # every group's base LR is multiplied by this (optimizer.lr_scaling)
+    lr_scale_note: str = ""  # how: "lr 1e-4 x sqrt(8) = 2.83e-4 (batch 2 x accumulation 4)"; "" when unscaled
+    buckets: tuple[tuple[int, int, int], ...] = ()  # (width, height, images) of each used bucket; () without
 
     # --- derived views ---------------------------------------------------------
 
@@ -151,7 +161,9 @@ class StepPlan:
         return json.loads(json.dumps(self._identity_fields()))
 
     def _identity_fields(self) -> dict:
+        buckets = {"buckets": [list(bucket) for bucket in self.buckets]} if self.buckets else {}
         return {
+            **buckets,
             "images": self.num_images,
             "repeats": self.repeats,
             "batch_size": self.batch_size,
@@ -161,10 +173,10 @@ class StepPlan:
             "epochs": self.requested_epochs if self.max_steps is None else None,
             "max_steps": self.max_steps,
             "total_steps": self.total_steps,
-            "schedule": asdict(self.schedule),
             # Only when set, so plans without text-encoder training keep the identity they always had.
             **({"text_encoder_stop_steps": self.text_encoder_stop_steps}
                if self.text_encoder_stop_steps is not None else {}),
+            "schedule": _schedule_identity(self.schedule),
         }
 
     @property
@@ -179,12 +191,82 @@ class StepPlan:
             if self.max_steps is None
             else f"{self.steps_per_epoch} steps/epoch, max_steps"
         )
+        in_buckets = f" in {len(self.buckets)} bucket{'s' * (len(self.buckets) != 1)}" if self.buckets else ""
         return (
-            f"{self.num_images} image{'s' * (self.num_images != 1)} x {self.repeats} "
+            f"{self.num_images} image{'s' * (self.num_images != 1)}{in_buckets} x {self.repeats} "
             f"repeat{'s' * (self.repeats != 1)}, batch {self.batch_size}{processes}, "
             f"accumulation {self.gradient_accumulation_steps} -> {length} = {self.total_steps} steps, "
-            f"warmup {self.warmup_steps}"
+            f"warmup {self.warmup_steps}" + (f", {self.lr_scale_note}" if self.lr_scale_note else "")
         )
+
+
+# Schedule fields added after plans were first stored in checkpoints: left out of the identity
+# while empty, so a checkpoint written before they existed still resumes.
+_LATER_SCHEDULE_FIELDS = ("function", "function_sha256", "phases")
+
+
+def _schedule_identity(schedule: ResolvedSchedule) -> dict:
+    fields = asdict(schedule)
+    for name in _LATER_SCHEDULE_FIELDS:
+        if not fields[name]:
+            del fields[name]
+    return fields
+
+
+def format_lr(value: float) -> str:
+    """'1e-4', '2.83e-4', '0.5': three significant digits, short exponents."""
+    if value == 0 or 1e-2 <= abs(value) < 1e4:
+        return f"{value:.3g}"
+    mantissa, exponent = f"{value:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def lr_scaling(preset: Preset, batch: int, processes: int, accumulation: int) -> tuple[float, str]:
+    """(factor, note) of optimizer.lr_scaling / lr_scaling_by; (1.0, "") for none."""
+    optimizer = preset.optimizer
+    if optimizer.lr_scaling == "none":
+        return 1.0, ""
+    parts = [f"batch {batch}"] + ([f"{processes} processes"] if processes > 1 else [])
+    if optimizer.lr_scaling_by == "global_batch":
+        n, parts = batch * processes * accumulation, parts + [f"accumulation {accumulation}"]
+    elif optimizer.lr_scaling_by == "batch":
+        n = batch * processes
+    else:
+        n, parts = accumulation, [f"accumulation {accumulation}"]
+    factor = math.sqrt(n) if optimizer.lr_scaling == "sqrt" else float(n)
+    shown = f"sqrt({n})" if optimizer.lr_scaling == "sqrt" else f"{n}"
+    note = f"lr {format_lr(optimizer.lr)} x {shown} = {format_lr(optimizer.lr * factor)} ({' x '.join(parts)})"
+    return factor, note
+
+
+def _resolve_phases(preset: Preset, steps, total: int) -> tuple[tuple[str, int, float, float], ...]:
+    """scheduler.phases -> (shape, end step, from, to), every `until` converted to steps of this plan."""
+    resolved = []
+    previous_end, previous_factor = 0, 1.0
+    phases = preset.scheduler.phases
+    for index, phase in enumerate(phases):
+        key = f"scheduler.phases.{index}"
+        end = steps(phase.until, f"{key}.until")
+        if end <= previous_end:
+            raise ConfigError(
+                f"{phase.until!r} is {end} steps in this plan, not after the previous phase's end ({previous_end} "
+                f"steps): every phase must end later than the one before", f"{key}.until")
+        if end > total:
+            raise ConfigError(f"{phase.until!r} is {end} steps, past the end of the run ({total} steps)",
+                              f"{key}.until")
+        start_factor = previous_factor if phase.start is None else phase.start
+        end_factor = start_factor if phase.to is None else phase.to
+        if phase.shape == "constant" and end_factor != start_factor:
+            raise ConfigError(
+                f"a constant phase holds its 'from' ({start_factor:g}); 'to' {end_factor:g} would be a jump "
+                "at its end (give the next phase 'from' instead)", f"{key}.to")
+        resolved.append((phase.shape, end, float(start_factor), float(end_factor)))
+        previous_end, previous_factor = end, end_factor
+    if previous_end != total:
+        raise ConfigError(
+            f"the last phase ends at {phases[-1].until!r} = {previous_end} steps, but the run is {total} steps: "
+            'the last phase must end with the run ("100%")', f"scheduler.phases.{len(phases) - 1}.until")
+    return tuple(resolved)
 
 
 def describe_changes(old_identity: dict, new_identity: dict) -> list[str]:
@@ -214,24 +296,52 @@ def describe_changes(old_identity: dict, new_identity: dict) -> list[str]:
 def count_images(preset: Preset) -> int:
     if not preset.data.path:
         raise ConfigError("is not set: choose the folder of training images", "data.path")
-    return len(list_images(preset.data.path))
+    return len(list_image_files(preset.data.path))
 
 
-def build_step_plan(preset: Preset, num_images: int | None = None) -> StepPlan:
-    """The plan for `preset`. Counts the dataset folder unless `num_images` is given."""
+def dataset_image_sizes(preset: Preset) -> list[tuple[int, int]]:
+    """(width, height) of every image of the dataset, in listing order, from the file headers."""
+    if not preset.data.path:
+        raise ConfigError("is not set: choose the folder of training images", "data.path")
+    return read_image_sizes(preset.data.path, [path for _, path in list_image_files(preset.data.path)])
+
+
+def count_buckets(preset: Preset, image_sizes: list[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:
+    """(width, height, images) of every bucket that holds images, in bucket order."""
+    data = preset.data
+    resolutions = bucket_resolutions(preset.model.resolution, data.bucket_step, data.bucket_max_aspect)
+    counts = [int(count) for count in
+              np.bincount(assign_buckets(image_sizes, resolutions), minlength=len(resolutions))]
+    return tuple((width, height, count) for (width, height), count in zip(resolutions, counts) if count)
+
+
+def build_step_plan(preset: Preset, num_images: int | None = None,
+                    image_sizes: list[tuple[int, int]] | None = None) -> StepPlan:
+    """The plan for `preset`. Counts the dataset folder unless `num_images` (or, with buckets,
+    `image_sizes`: (width, height) of every image in listing order) is given."""
+    data, training, scheduler = preset.data, preset.training, preset.scheduler
+    if data.buckets and image_sizes is None:
+        image_sizes = dataset_image_sizes(preset)
+    if image_sizes is not None:
+        num_images = len(image_sizes)
     if num_images is None:
         num_images = count_images(preset)
     if num_images < 1:
         raise ConfigError("the dataset holds no images", "data.path")
-    data, training, scheduler = preset.data, preset.training, preset.scheduler
     batch, processes, accumulation = training.batch_size, training.num_processes, training.gradient_accumulation_steps
 
     samples = num_images * data.repeats
     per_step = batch * processes
-    micro_batches = samples // per_step if data.drop_last else math.ceil(samples / per_step)
+    buckets = count_buckets(preset, image_sizes) if data.buckets else ()
+    if buckets:
+        micro_batches = sum(micro_batches_per_bucket([images * data.repeats for _, _, images in buckets],
+                                                     per_step, data.drop_last))
+    else:
+        micro_batches = samples // per_step if data.drop_last else math.ceil(samples / per_step)
     if micro_batches == 0:
+        short = "every bucket holds fewer samples than" if buckets else f"{samples} samples per epoch <"
         raise ConfigError(
-            f"drop_last leaves no batch: {samples} samples per epoch < batch {batch} x {processes} processes",
+            f"drop_last leaves no batch: {short} batch {batch} x {processes} processes",
             "data.drop_last",
         )
     steps_per_epoch = math.ceil(micro_batches / accumulation)
@@ -289,6 +399,13 @@ def build_step_plan(preset: Preset, num_images: int | None = None) -> StepPlan:
                 )
         piecewise = tuple(resolved)
 
+    phases = _resolve_phases(preset, steps, total) if scheduler.type == "sequence" else ()
+    function, function_sha256 = "", ""
+    if scheduler.type == "custom":
+        from modules.custom_schedule import source_digest
+
+        function, function_sha256 = scheduler.function, source_digest(scheduler.function)
+
     schedule_free = preset.optimizer.type if preset.optimizer.type in SCHEDULE_FREE_OPTIMIZERS else None
     schedule = ResolvedSchedule(
         type=scheduler.type,
@@ -305,7 +422,11 @@ def build_step_plan(preset: Preset, num_images: int | None = None) -> StepPlan:
         piecewise=piecewise,
         schedule_free=schedule_free,
         beta2=float(preset.optimizer.betas[1]),
+        function=function,
+        function_sha256=function_sha256,
+        phases=phases,
     )
+    lr_scale, lr_scale_note = lr_scaling(preset, batch, processes, accumulation)
 
     def interval_steps(value, key: str, final: bool = False) -> IntervalSteps:
         if value is None:
@@ -340,6 +461,9 @@ def build_step_plan(preset: Preset, num_images: int | None = None) -> StepPlan:
         model_type=model_type,
         text_encoder_groups=encoder_groups,
         text_encoder_stop_steps=text_encoder_stop,
+        lr_scale=lr_scale,
+        lr_scale_note=lr_scale_note,
+        buckets=buckets,
     )
     return _with_warnings(plan, preset)
 
@@ -355,7 +479,9 @@ def _with_warnings(plan: StepPlan, preset: Preset) -> StepPlan:
             f"{plan.gradient_accumulation_steps} micro-batches (its loss is averaged over {remainder})"
         )
     per_step = plan.samples_per_micro_batch
-    if plan.drop_last and plan.samples_per_epoch % per_step:
+    if plan.buckets:
+        warnings.extend(_bucket_warnings(plan))
+    elif plan.drop_last and plan.samples_per_epoch % per_step:
         warnings.append(
             f"drop_last skips {plan.samples_per_epoch % per_step} of {plan.samples_per_epoch} samples each epoch"
         )
@@ -401,6 +527,19 @@ def _with_warnings(plan: StepPlan, preset: Preset) -> StepPlan:
     if plan.text_encoder_stop_steps is not None and plan.text_encoder_stop_steps >= plan.total_steps:
         warnings.append(f"optimizer.text_encoder_stop_after ({plan.text_encoder_stop_steps} steps) is not before "
                         f"the end of the run ({plan.total_steps} steps): the text encoders train throughout")
+    if schedule.type == "custom":
+        from modules.custom_schedule import multipliers
+
+        # The one evaluation of the function (checked, cached): a bad function fails here, before training.
+        values = multipliers(schedule.function, schedule.function_sha256, plan.total_steps)
+        register_custom_values(schedule, values)
+        peak = float(values.max())
+        if peak > 1:
+            warnings.append(f"the custom schedule {schedule.function!r} rises to {peak:g} x the base LR (above 1)")
+    if schedule.type == "sequence":
+        peak = max(max(start, end) for _, _, start, end in schedule.phases)
+        if peak > 1:
+            warnings.append(f"the sequence rises to {peak:g} x the base LR (above 1)")
     if (
         preset.training.max_steps is not None
         and "epochs" in preset.training.model_fields_set
@@ -408,3 +547,26 @@ def _with_warnings(plan: StepPlan, preset: Preset) -> StepPlan:
     ):
         warnings.append(f"training.max_steps ({plan.max_steps}) overrides training.epochs ({preset.training.epochs})")
     return StepPlan(**{**plan.__dict__, "warnings": tuple(warnings)})
+
+
+def _bucket_warnings(plan: StepPlan) -> list[str]:
+    """Buckets smaller than one micro-batch, and what each epoch repeats or skips."""
+    per_step = plan.samples_per_micro_batch
+    warnings = []
+    batch = f"one batch ({plan.batch_size}" + (f" x {plan.num_processes} processes" if plan.num_processes > 1
+                                              else "") + ")"
+    for width, height, images in plan.buckets:
+        samples = images * plan.repeats
+        if samples < per_step:
+            fate = "skipped every epoch (drop_last)" if plan.drop_last else "its micro-batch repeats samples"
+            warnings.append(f"bucket {width}x{height} holds {samples} sample{'s' * (samples != 1)}, "
+                            f"fewer than {batch}: {fate}")
+    short = sum((images * plan.repeats) % per_step for _, _, images in plan.buckets)
+    if plan.drop_last and short:
+        warnings.append(f"drop_last skips {short} of {plan.samples_per_epoch} samples each epoch "
+                        "(the last, short micro-batch of each bucket)")
+    elif short:
+        filled = sum(-(images * plan.repeats) % per_step for _, _, images in plan.buckets)
+        warnings.append(f"{filled} repeated sample{'s' * (filled != 1)} fill the last micro-batch of buckets "
+                        "that do not divide into whole micro-batches")
+    return warnings

@@ -70,6 +70,26 @@ SCHEDULES: dict[str, tuple[dict, str, str]] = {
         "(entries from `steps`; boundaries are durations, the first is 0)",
         "`steps` (required)",
     ),
+    "custom": (
+        {"warmup": 0, "min_factor": 0.0, "function": "docs/examples/warm_restart_schedule.py:shape"},
+        "f = name(k, T)  (your function, `scheduler.function` \"path/to/file.py:name\" or \"package.module:name\", "
+        "called once with the int64 array of every step k and the total steps T; one finite value >= 0 per step, "
+        "a warning above 1; no warmup or min_factor of its own; its file's source is part of the plan, so a resume "
+        "refuses an edited function)",
+        "`function` (required)",
+    ),
+    "sequence": (
+        {"warmup": 0, "min_factor": 0.0, "phases": [
+            {"shape": "linear", "from": 0, "until": "1 epochs", "to": 1},
+            {"shape": "constant", "until": "50%"},
+            {"shape": "cosine", "until": "100%", "to": 0.1}]},
+        "f = from + (to - from) * s(q)  (phase i runs from the previous `until` (0 first) to its own, a duration "
+        "converted in the plan; q the fraction of the phase done; s(q) = q (linear), 0.5 * (1 - cos(pi * q)) "
+        "(cosine), 0 (constant: holds `from`); `from` defaults to the previous phase's end factor (1 first), "
+        "`to` to `from`; boundaries must increase and the last `until` must be the whole run, \"100%\"; "
+        "dashed lines mark the phase starts; warmup and min_factor do not apply)",
+        "`phases` (required): a list of {`shape` linear | cosine | constant, `until`, `to`, optional `from`}",
+    ),
 }
 assert set(SCHEDULES) == set(SCHEDULER_TYPES), "every scheduler.type needs a gallery entry"
 
@@ -103,7 +123,7 @@ def draw(preview: Preview, title: str, path: Path) -> None:
     axes = figure.add_subplot(1, 1, 1)
     if plan.warmup_steps:
         axes.axvspan(0, plan.warmup_steps, color="#f2c14e", alpha=0.35, lw=0)
-    for step in plan.cycle_starts:
+    for step in plan.cycle_starts:  # cycle starts, or phase starts of a sequence
         axes.axvline(step, color="#c0392b", lw=0.7, ls="--", alpha=0.7)
     floor = plan.schedule.min_factor
     if floor > 0 and not plan.schedule.schedule_free:
@@ -112,7 +132,7 @@ def draw(preview: Preview, title: str, path: Path) -> None:
     # steps-post: the multiplier of step k holds from k to k + 1.
     axes.step(np.arange(total + 1), np.append(multipliers, multipliers[-1]), where="post", color="#1f77b4", lw=1.4)
     axes.set_xlim(0, total)
-    axes.set_ylim(0, 1.08)
+    axes.set_ylim(0, max(1.08, float(multipliers.max()) * 1.05))
     axes.set_yticks([0, 0.5, 1])
     axes.tick_params(labelsize=6, length=2, pad=1)
     axes.set_xlabel("optimizer step", fontsize=6, labelpad=1)
@@ -165,8 +185,9 @@ def write_page(docs: Path, pictures: dict[str, Path]) -> None:
             "",
             f"`{formula.split('  (')[0]}`" + (f" ({formula.split('  (', 1)[1]}" if "  (" in formula else ""),
             "",
-            f"Preset fields: `scheduler.type` \"{schedule_type}\", `warmup`, `warmup_start_factor`"
-            + (f", {fields}." if fields else "."),
+            (f"Preset fields: `scheduler.type` \"{schedule_type}\", {fields}." if schedule_type in ("custom", "sequence")
+             else f"Preset fields: `scheduler.type` \"{schedule_type}\", `warmup`, `warmup_start_factor`"
+             + (f", {fields}." if fields else ".")),
             f"Demo: {settings_text(scheduler_fields(schedule_type))}.",
             "",
             f"![{schedule_type}]({pictures[schedule_type].relative_to(docs).as_posix()})",
@@ -186,6 +207,24 @@ def write_page(docs: Path, pictures: dict[str, Path]) -> None:
         "Demo: `optimizer.type` \"adamw_schedule_free\", `scheduler.type` \"constant\", `warmup` \"10%\".",
         "",
         f"![schedule-free]({pictures['schedule_free'].relative_to(docs).as_posix()})",
+        "",
+        "## Prodigy and D-Adaptation (`prodigy`, `dadapt_adam`)",
+        "",
+        "These optimizers learn a step size `d` while training and apply `d * lr * f(k)`: the schedule still",
+        "multiplies their `lr` (1.0 is the usual base), so every shape above works with them, and the preview,",
+        "the CSV and `lr/<group>` show `lr * f(k)`. The preview cannot know `d` in advance; TensorBoard logs",
+        "the LR really applied as `lr_effective/<group>` at every step, and the app's Run tab draws it on its",
+        "own axis as training goes. Both train every group at one LR (`param_groups` LRs must equal",
+        "`optimizer.lr`). Options: `d_coef` (prodigy), `safeguard_warmup` (prodigy), `use_bias_correction`",
+        "(both; it is included in `lr_effective`), `weight_decay` (decoupled).",
+        "",
+        "## LR scaling",
+        "",
+        "`optimizer.lr_scaling` `linear` or `sqrt` multiplies every group's base LR by `n` or `sqrt(n)` once, in",
+        "the plan, with `n` from `optimizer.lr_scaling_by`: `global_batch` (batch x processes x accumulation,",
+        "the default), `batch` (batch x processes) or `accumulation`. The preview, the CSV and TensorBoard show",
+        "the scaled LR, and the plan summary says how it was scaled, e.g.",
+        "`lr 1e-4 x sqrt(8) = 2.83e-4 (batch 2 x accumulation 4)`.",
         "",
         "## Seeing your own curve",
         "",

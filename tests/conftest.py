@@ -26,6 +26,12 @@ def make_images(folder: Path, count: int, size: int = 16, seed: int = 0) -> Path
     return folder
 
 
+@pytest.fixture(autouse=True)
+def private_cache_folder(tmp_path_factory, monkeypatch):
+    """The image size index (and any user cache) goes to a folder of the test, never the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     """A folder of 7 images (an odd count, as in the seed failures)."""

@@ -83,3 +83,22 @@ def test_rng_states_round_trip(tmp_path):
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     checkpoints.restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_a_run_killed_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
+    for step in (1, 2):
+        write_fake_checkpoint(tmp_path, step, keep=2)
+    real_rmtree = checkpoints.shutil.rmtree
+
+    def killed_midway(folder, ignore_errors=False):
+        (folder / paths.TRAINING_STATE_FILE).unlink()  # the first file goes, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        write_fake_checkpoint(tmp_path, 3, keep=2)
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", real_rmtree)
+    assert [step for step, _ in checkpoints.complete_checkpoints(tmp_path)] == [2, 3]
+    checkpoints.remove_temporary_checkpoints(tmp_path)
+    assert sorted(path.name for path in paths.checkpoints_dir(tmp_path).iterdir()) == ["step-00000002",
+                                                                                        "step-00000003"]

@@ -70,3 +70,17 @@ def test_text_to_image_keys_are_validated_with_the_key_named(raw, key):
     with pytest.raises(ConfigError) as error:
         validate_preset(raw)
     assert str(error.value).startswith(key) and "\n" not in str(error.value)
+
+
+def test_a_text_to_image_option_with_a_missing_model_folder_names_the_folder(tmp_path, image_folder):
+    """model.type auto cannot tell a pipeline from a UNet without the folder: say that, not 'a unet model'."""
+    from modules.step_plan import build_step_plan
+
+    missing = tmp_path / "no_such_pipeline"
+    for extra in ({"optimizer": {"text_encoder_lr": 1e-5}}, {"training": {"method": "lora"}}):
+        preset = validate_preset({"model": {"path": str(missing)}, "data": {"path": str(image_folder)}, **extra})
+        with pytest.raises(ConfigError) as error:
+            build_step_plan(preset)
+        assert error.value.key == "model.path" and "does not exist" in str(error.value)
+    with pytest.raises(ConfigError, match="a unet model has no text encoder"):
+        validate_preset({"model": {"type": "unet", "path": str(missing)}, "optimizer": {"text_encoder_lr": 1e-5}})

@@ -14,7 +14,7 @@ from modules.errors import ConfigError
 from modules.lr_curve import read_lr_csv
 from ui.controllers.fields import ALL_FIELDS, SCHEDULER_FIELDS, active_scheduler_keys, parse_text
 from ui.controllers.image_counter import ImageCounter
-from ui.controllers.preset_draft import PresetDraft
+from ui.controllers.preset_draft import PresetDraft, scaled_lr_note
 from ui.controllers.preview_worker import PreviewWorker
 from ui.controllers.run_controller import RunController
 from ui.controllers.run_history import read_run_history
@@ -119,7 +119,10 @@ PERTURBED = {
     "scheduler.decay": "40%",
     "scheduler.decay_shape": "cosine",
     "scheduler.steps": '[[0, 1.0], ["30%", 0.2]]',
+    "scheduler.function": "FOLDER/other_shape.py:shape",
+    "scheduler.phases": '[{"shape": "cosine", "until": "100%", "to": 0.2}]',
 }
+NO_WARMUP_TYPES = ("custom", "sequence")
 BASE_SCHEDULER = {"warmup": 4, "cycles": 2, "power": 1.0, "period": 20, "timescale": 3, "decay": "20%",
                   "steps": [[0, 1.0], ["60%", 0.5]]}
 
@@ -127,19 +130,27 @@ BASE_SCHEDULER = {"warmup": 4, "cycles": 2, "power": 1.0, "period": 20, "timesca
 @pytest.mark.parametrize("schedule_type", ALL_FIELDS["scheduler.type"].choices)
 def test_the_active_fields_are_exactly_those_that_shape_the_curve(image_folder, schedule_type):
     """Editing a field the type shows changes the curve; editing a hidden one never does."""
+    folder = image_folder.parent
+    for name, body in (("shape", "1.0 - 0.5 * k / total_steps"), ("other_shape", "1.0 - 0.9 * k / total_steps")):
+        (folder / f"{name}.py").write_text(f"def shape(k, total_steps):\n    return {body}\n")
+    own = {"warmup": 0, "function": f"{folder}/shape.py:shape",
+           "phases": [{"shape": "linear", "until": "100%", "to": 0.1}]} if schedule_type in NO_WARMUP_TYPES else {}
+
     def multipliers(edit=None):
         draft = make_draft(image_folder, training={"epochs": None, "max_steps": 100},
-                           scheduler={**BASE_SCHEDULER, "type": schedule_type})
+                           scheduler={**BASE_SCHEDULER, **own, "type": schedule_type})
         if edit:
-            draft.set_text(edit, PERTURBED[edit])
+            draft.set_text(edit, PERTURBED[edit].replace("FOLDER", str(folder)))
         state = draft.evaluate()
         assert state.error is None, state.error
         return state.preview.curve.effective_multipliers
 
     base = multipliers()
     active = active_scheduler_keys(schedule_type)
-    assert "scheduler.warmup" in active
+    assert ("scheduler.warmup" in active) == (schedule_type not in NO_WARMUP_TYPES)
     for spec in SCHEDULER_FIELDS:
+        if spec.key == "scheduler.warmup" and schedule_type in NO_WARMUP_TYPES:
+            continue  # must stay 0 for them (a validation error otherwise; switching to them sets it)
         changed = not np.array_equal(multipliers(spec.key), base)
         assert changed == (spec.key in active), f"{schedule_type}: {spec.key}"
 
@@ -156,6 +167,26 @@ def test_switching_the_type_changes_the_active_fields_and_fills_a_required_one(i
     # Piecewise needs steps; switching to it gives an example instead of an error.
     state = draft.evaluate()
     assert state.error is None and state.preview.plan.schedule.type == "piecewise_constant"
+
+
+def test_switching_to_sequence_gives_example_phases_and_drops_the_warmup(image_folder):
+    draft = make_draft(image_folder)  # cosine with warmup 2
+    draft.set_text("scheduler.type", "sequence")
+    state = draft.evaluate()
+    assert state.error is None and draft.value("scheduler.warmup") == 0
+    assert state.preview.plan.cycle_starts == [1]  # the example's warmup phase ends at 5% of 21 steps
+    draft.set_text("scheduler.type", "custom")
+    assert draft.evaluate().error_key == "scheduler.function"
+
+
+@pytest.mark.parametrize("scaling, note", [("none", ""), ("linear", "x 4 = 4e-3"), ("sqrt", "x sqrt(4) = 2e-3")])
+def test_the_scaled_lr_is_shown_beside_the_lr_field(image_folder, scaling, note):
+    draft = make_draft(image_folder, training={"batch_size": 2, "gradient_accumulation_steps": 2})
+    draft.set_text("optimizer.lr_scaling", scaling)
+    state = draft.evaluate()
+    assert scaled_lr_note(state.preview) == note
+    assert state.preview.curve.base_lrs[-1] == pytest.approx(1e-3 * {"none": 1, "linear": 4, "sqrt": 2}[scaling],
+                                                             rel=1e-15)
 
 
 def test_duration_fields_accept_steps_percent_and_epochs(image_folder):
@@ -599,3 +630,68 @@ def test_lr_ticks_read_as_learning_rates_and_step_ticks_are_whole_steps(image_fo
     x_labels = [label.get_text() for label in axes.get_xticklabels()]
     assert "3e-4" in y_labels and "1e-4" in y_labels and not any("µ" in label for label in y_labels)
     assert x_labels and all(label.lstrip("−-").isdigit() for label in x_labels), x_labels
+
+
+def test_the_run_tab_keeps_the_effective_lr_of_adaptive_optimizers():
+    run = RunController()
+    for step, d in enumerate((1e-6, 2e-6, 5e-6)):
+        run.handle(("step", {"step": step, "total_steps": 3, "epoch": 0, "loss": 0.5, "lrs": {"unet": 1.0},
+                             "elapsed_seconds": 1.0, "eta_seconds": 1.0, "effective_lrs": {"unet": d}}))
+    assert run.effective_lr_points() == {"unet": ([0, 1, 2], [1e-6, 2e-6, 5e-6])}
+    plain = RunController()
+    plain.handle(("step", {"step": 0, "total_steps": 3, "epoch": 0, "loss": 0.5, "lrs": {"unet": 1e-4},
+                           "elapsed_seconds": 1.0, "eta_seconds": 1.0, "effective_lrs": None}))
+    assert plain.effective_lr_points() == {}
+
+
+def test_the_preview_says_it_cannot_know_d(image_folder):
+    draft = make_draft(image_folder, optimizer={"type": "prodigy", "lr": 1.0})
+    preview = draft.evaluate().preview
+    assert any("lr_effective/<group>" in note for note in preview.notes)
+    assert any(line.startswith("note: prodigy multiplies this curve by its own d") for line in preview.report_lines())
+    assert make_draft(image_folder).evaluate().preview.notes == []
+
+
+def test_find_lr_applies_the_suggestion_divided_by_the_lr_scaling(image_folder):
+    from ui.controllers.lr_find_controller import LrFindController
+
+    draft = make_draft(image_folder, optimizer={"lr_scaling": "linear"}, training={"batch_size": 2})
+    finder = LrFindController(min_lr=1e-6, max_lr=1e-1, steps=20)
+    finder.start()
+    assert finder.active
+    finder.handle(("point", {"step": 0, "lr": 1e-6, "loss": 1.0, "smoothed_loss": 1.0}))
+    finder.handle(("finished", {"suggested_lr": 4e-3, "suggested_optimizer_lr": 2e-3, "stop_reason": "", "steps": 20}))
+    assert finder.status == "finished" and finder.message.startswith("suggested lr: 0.004")
+    assert finder.apply(draft) == "2e-3"
+    assert draft.evaluate().preview.curve.base_lrs == (4e-3,)
+    finder.min_lr = 0
+    with pytest.raises(ConfigError, match="--min-lr must be a positive number"):
+        finder.start()
+
+
+def test_with_buckets_the_app_plans_from_the_image_sizes_and_lists_the_buckets(tmp_path):
+    from PIL import Image
+
+    from modules.preview import bucket_lines
+    from modules.step_plan import build_step_plan
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for index, (width, height) in enumerate([(16, 16), (32, 16), (16, 32), (32, 8), (17, 16)]):
+        Image.fromarray(np.zeros((height, width, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    counter = ImageCounter(synchronous=True)
+    draft = PresetDraft({"model": {"resolution": 16}, "data": {"path": str(folder)},
+                         "training": {"batch_size": 2}}, counter)
+    for key, text in (("data.buckets", True), ("data.bucket_step", "8"), ("data.bucket_max_aspect", "4"),
+                      ("data.num_workers", "0")):
+        draft.set_text(key, text)
+    state = draft.wait_for_images()
+    assert state.error is None and state.image_count == 5
+    plan = state.preview.plan
+    assert plan == build_step_plan(state.preset)  # the trainer's plan, counted from the same headers
+    assert [(w, h, n) for w, h, n in plan.buckets] == [(8, 24, 1), (16, 16, 2), (24, 8, 1), (32, 8, 1)]
+    assert "16x16 x 2" in bucket_lines(plan)[0]
+    assert any("bucket 8x24 holds 1 sample, fewer than one batch" in warning for warning in plan.warnings)
+    draft.set_text("data.bucket_step", "12")
+    state = draft.evaluate()
+    assert state.error_key == "data.bucket_step" and "multiple of 8" in state.error

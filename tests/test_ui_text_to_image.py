@@ -89,9 +89,9 @@ def test_captions_are_counted_off_the_calling_thread_and_the_preview_does_not_wa
     threads = []
 
     class RecordingCounter(CaptionCounter):
-        def measure(self, folder, extension=".txt"):
+        def measure(self, folder, kind):
             threads.append(threading.current_thread())
-            return super().measure(folder, extension)
+            return super().measure(folder, kind)
 
     draft = PresetDraft({"version": 1, "model": {"type": "stable_diffusion", "path": str(tmp_path / "sd")},
                          "data": {"path": str(captioned_folder(tmp_path / "images", 5, 3))}},

@@ -329,3 +329,27 @@ def test_the_legend_leaves_no_empty_strip_and_empty_plots_have_no_ticks(app, dis
     select_tab(app, "Run")  # before the Run tab is first drawn with a plan, its plots are empty
     loss_axes = app.run_panel.loss_axes
     assert not any(label.get_visible() and label.get_text() for label in loss_axes.get_yticklabels())
+
+
+def test_find_lr_runs_in_the_background_plots_and_sets_the_suggested_lr(app, display, tmp_path):
+    app.open_lr_find()
+    window = app.lr_find_window
+    steps_entry = window.entries["steps"]
+    steps_entry.delete(0, "end")
+    steps_entry.insert(0, "12")
+    window.start_button.invoke()
+    assert app.lr_find.active  # the click returned at once: the sweep trains in a child process
+    pump(app, lambda: app.lr_find.status in ("finished", "failed"), timeout_seconds=120)
+    assert app.lr_find.status == "finished", app.lr_find.message
+    settle(app)
+    lines = window.axes.get_lines()
+    assert len(lines[0].get_xdata()) == len(app.lr_find.points) >= 3 and window.axes.get_xscale() == "log"
+    assert lines[-1].get_label().startswith("suggested lr")
+    screenshot(window, display, "find_lr_window.png")
+    window.apply_button.invoke()
+    expected = app.lr_find.suggested_optimizer_lr
+    assert float(app.field_row("optimizer.lr").get_value()) == pytest.approx(expected, rel=5e-3)  # 3 digits
+    pump(app, lambda: app.preview_state.fresh and app.preview_state.preview.curve.base_lrs[-1] != 1e-3)
+    assert not (tmp_path / "out").exists()  # the range test wrote nothing into output.dir
+    app.close_lr_find()
+    assert app.lr_find_window is None

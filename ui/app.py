@@ -30,12 +30,15 @@ from ui.controllers.fields import (
     TRAINING_FIELDS,
     active_scheduler_keys,
 )
-from ui.controllers.preset_draft import PresetDraft, PreviewState
+from ui.controllers.lr_find_controller import LrFindController
+from ui.controllers.preset_draft import PresetDraft, PreviewState, scaled_lr_note
 from ui.controllers.preview_worker import PreviewWorker
 from ui.controllers.run_controller import RunController
 from ui.controllers.run_history import read_run_history
+from ui.lr_find_process import LrFindProcess
 from ui.training_process import TrainingProcess
 from ui.views.fields_panel import ERROR_COLOR, HINT_COLOR, FieldsPanel, ParamGroupsEditor
+from ui.views.lr_find_window import LrFindWindow
 from ui.views.preview_panel import PreviewPanel
 from ui.views.run_panel import RunPanel
 
@@ -94,6 +97,10 @@ class App(ctk.CTk):
         self._appearance_job = None
         self._last_run_plot = 0.0
         self._closing = False
+        self.lr_find = LrFindController()
+        self.lr_find_process: LrFindProcess | None = None
+        self.lr_find_window: LrFindWindow | None = None
+        self._lr_find_job = None
         self.redraws = 0  # how many times the preview was recomputed (tests check the debounce)
 
         self.title("LR scheduler trainer")
@@ -159,6 +166,8 @@ class App(ctk.CTk):
         self.scheduler_panel = FieldsPanel(tab, (SCHEDULER_TYPE_FIELD, *SCHEDULER_FIELDS), self.edit,
                                            title="Schedule", width=380)
         self.scheduler_panel.grid(row=0, column=0, sticky="nsw", padx=(0, 6))
+        self.scheduler_panel.add_widget(ctk.CTkButton(self.scheduler_panel, text="Find LR...", width=120,
+                                                      command=self.open_lr_find), sticky="w")
         self.preview_panel = PreviewPanel(tab)
         self.preview_panel.grid(row=0, column=1, sticky="nsew")
 
@@ -280,6 +289,7 @@ class App(ctk.CTk):
             self._plot_plan_on_run_tab()
         self.status.show(state)
         self._mark_errors(state)
+        self.training_panel.rows["optimizer.lr"].set_note(scaled_lr_note(state.preview if state.fresh else None))
         path_row = self.data_panel.rows["data.path"]
         if state.counting:
             path_row.set_note("counting ...")
@@ -500,10 +510,81 @@ class App(ctk.CTk):
             return
         self._run_job = self.after(RUN_POLL_MS, self._poll_run)
 
+    # --- Find LR ---------------------------------------------------------------------------------
+
+    def open_lr_find(self) -> None:
+        if self.lr_find_window is None:
+            self.lr_find_window = LrFindWindow(self, self.start_lr_find, self.stop_lr_find, self.apply_lr_find,
+                                               self.close_lr_find)
+            self.lr_find_window.set_sweep(self.lr_find)
+            self.lr_find_window.show(self.lr_find)
+        self.lr_find_window.lift()
+
+    def start_lr_find(self) -> None:
+        if self.lr_find.active:
+            return
+        window, finder = self.lr_find_window, self.lr_find
+        try:
+            texts = window.sweep_texts()
+            finder.min_lr, finder.max_lr, finder.steps = float(texts["min_lr"]), float(texts["max_lr"]), int(
+                texts["steps"])
+            preview = self.draft.current_preview()
+            finder.start()
+        except ValueError as error:  # ConfigError included: the draft or the sweep is wrong
+            finder.status, finder.message = "failed", f"Not started: {error}"
+            window.show(finder, plot=False)
+            return
+        preset_json = json.loads(json.dumps(preview.preset.to_json_dict()))
+        self.lr_find_process = LrFindProcess(preset_json, finder.min_lr, finder.max_lr, finder.steps)
+        self.lr_find_process.start()
+        window.show(finder)
+        self._lr_find_job = self.after(RUN_POLL_MS, self._poll_lr_find)
+
+    def stop_lr_find(self) -> None:
+        if self.lr_find_process is not None and self.lr_find.status == "running":
+            self.lr_find_process.stop()
+            self.lr_find.request_stop()
+            self.lr_find_window.show(self.lr_find, plot=False)
+
+    def apply_lr_find(self) -> None:
+        text = self.lr_find.apply(self.draft)
+        self.field_row("optimizer.lr").set_value(text)
+        self.schedule_refresh()
+        self._report(f"optimizer.lr set to {text} (the LR range test's suggestion)")
+
+    def _poll_lr_find(self) -> None:
+        self._lr_find_job = None
+        if self.lr_find_process is None:
+            return
+        events = self.lr_find_process.events()
+        for event in events:
+            self.lr_find.handle(event)
+        ended = not self.lr_find_process.running
+        if events and self.lr_find_window is not None:
+            self.lr_find_window.show(self.lr_find)
+        if ended:
+            self.lr_find_process.join(5)
+            self.lr_find_process = None
+            return
+        self._lr_find_job = self.after(RUN_PLOT_MS if events else RUN_POLL_MS, self._poll_lr_find)
+
+    def close_lr_find(self) -> None:
+        """Closing the window ends a running test (it trains a throw-away copy: nothing is lost)."""
+        if self.lr_find_process is not None:
+            self.lr_find_process.kill()
+            self.lr_find_process = None
+            self.lr_find.status, self.lr_find.message = "idle", ""
+        if self.lr_find_window is not None:
+            self.lr_find_window.destroy()
+            self.lr_find_window = None
+
     def destroy(self) -> None:
-        for job in (self._refresh_job, self._count_job, self._run_job, self._appearance_job, self._preview_job):
+        for job in (self._refresh_job, self._count_job, self._run_job, self._appearance_job, self._preview_job,
+                    self._lr_find_job):
             if job is not None:
                 self.after_cancel(job)
+        if self.lr_find_process is not None:
+            self.lr_find_process.kill()
         super().destroy()
 
     def close(self) -> None:

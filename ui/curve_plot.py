@@ -158,7 +158,8 @@ class PreviewPlot:
         if len(cycle_starts) <= MAX_MARKS:
             for index, step in enumerate(cycle_starts):
                 added.append(axes.axvline(step, color=theme["cycle"], lw=0.8, ls="--", alpha=0.7,
-                                          label="cycle start" if index == 0 else None))
+                                          label=None if index else
+                                          "phase start" if plan.schedule.type == "sequence" else "cycle start"))
 
         colors = theme["colors"]
         self.curve_artists = {}
@@ -194,6 +195,8 @@ class PreviewPlot:
         limits = ((0, total), (0, peak * 1.08 if peak > 0 else 1.0))
         labels = tuple(artist.get_label() for artist in added if not artist.get_label().startswith("_"))
         title_text = plan.summary() if title is None else title
+        if preview.notes and title is None:
+            title_text += "\n" + "; ".join(preview.notes)  # adaptive optimizers: the curve is lr x f(k), not d x lr
         static_key = (limits, labels, title_text, self.dark)
         if static_key != self._static_key or not self.blit:
             axes.set_xlim(*limits[0])

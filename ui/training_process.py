@@ -121,7 +121,9 @@ class TrainingProcess:
             target=run_training,
             args=(self.preset_json, self.resume, self._events, self._stop_event, self.rebase_schedule),
             name="training",
-            daemon=True,
+            # Not daemonic: the trainer's data-loader workers are its own child processes, which a
+            # daemonic process may not have. The app stops training (a checkpoint) before it closes.
+            daemon=False,
         )
         self._process.start()
 

@@ -164,7 +164,14 @@ def prune_checkpoints(output_dir: Path, keep: int) -> None:
         return
     complete = complete_checkpoints(output_dir)
     for _, folder in complete[: max(0, len(complete) - keep)]:
-        shutil.rmtree(folder, ignore_errors=True)
+        # Renamed out of the way first: a run killed while deleting leaves a temporary folder
+        # (removed at the next start), never a half-deleted one that looks like a checkpoint.
+        doomed = folder.with_name(f"{paths.TEMPORARY_PREFIX}{folder.name}.pruned{paths.TEMPORARY_SUFFIX}")
+        try:
+            os.replace(folder, doomed)
+        except OSError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def remove_temporary_checkpoints(output_dir: Path) -> None:

@@ -65,6 +65,34 @@ def build_model(preset, seed: int | None = None) -> UNet2DModel:
     raise ConfigError(f"unknown architecture {model_section.architecture!r} (allowed: tiny)", "model.config")
 
 
+def size_multiple(model) -> int | None:
+    """The multiple of which a model's input height and width must be, or None if it takes only its own size.
+
+    A UNet2DModel (and a UNet2DConditionModel, on latents) halves its input in every down block
+    but the last and concatenates the skip connections on the way up, so any height and width
+    divisible by 2 ** (halvings) fit.
+    """
+    if hasattr(model, "down_blocks"):
+        return 2 ** sum(1 for block in model.down_blocks if getattr(block, "downsamplers", None))
+    return None
+
+
+def check_training_sizes(multiple: int | None, model_name: str, sizes: list[tuple[int, int]],
+                         resolution: int) -> None:
+    """ConfigError unless every (height, width) of `sizes` (the aspect-ratio buckets) is a multiple of
+    `multiple`, the pixel multiple the model takes (None: only square `resolution` input)."""
+    if all(size == (resolution, resolution) for size in sizes):
+        return
+    if multiple is None:
+        raise ConfigError(f"{model_name} takes only square {resolution}x{resolution} input: "
+                          "set data.buckets to false", "data.buckets")
+    misfits = [f"{width}x{height}" for height, width in sizes if height % multiple or width % multiple]
+    if misfits:
+        raise ConfigError(f"the model halves its input {multiple.bit_length() - 1} times, so bucket sides must be "
+                          f"multiples of {multiple}; bucket {misfits[0]} is not (set data.bucket_step to a "
+                          f"multiple of {multiple})", "data.bucket_step")
+
+
 def build_noise_scheduler(preset) -> DDPMScheduler:
     scheduler = None
     if preset.model.path:

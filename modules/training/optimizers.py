@@ -14,6 +14,18 @@ Schedule-free optimizers (`schedulefree`): `warmup_steps` is the plan's
 warmup in optimizer steps (AdamW variant; the RAdam variant has none). The
 optimizer is in train mode while training; `schedule_free_eval` is the only
 place that switches it to eval mode (saving, sampling) and back.
+
+Adaptive optimizers (`prodigy` from prodigyopt, `dadapt_adam` from
+dadaptation) multiply the scheduled `lr` by their own estimate `d`.
+Both packages train every group at one LR (the preset validator requires
+equal group LRs for them). `effective_lrs`, read after the LRs are set and
+before `step()`, is what that step really applies to each group:
+`d * lr * bias_correction`, with the `d` held before the step (the one the
+update uses) and a bias correction of 1 unless `use_bias_correction`; that
+is `d * lr * f(k)`.
+
+`adamw_8bit` is bitsandbytes' AdamW8bit: it needs that package and a CUDA
+device, else a ConfigError.
 """
 
 import re
@@ -21,7 +33,7 @@ from contextlib import contextmanager
 
 import torch
 
-from modules.config import DEFAULT_GROUP_NAME, SCHEDULE_FREE_OPTIMIZERS
+from modules.config import ADAPTIVE_OPTIMIZERS, DEFAULT_GROUP_NAME, SCHEDULE_FREE_OPTIMIZERS
 from modules.errors import ConfigError
 
 
@@ -80,6 +92,22 @@ def build_optimizer(model: torch.nn.Module, preset, warmup_steps: int, component
                                  weight_decay=section.weight_decay)
     if section.type == "sgd":
         return torch.optim.SGD(groups, lr=section.lr, momentum=section.momentum, weight_decay=section.weight_decay)
+    if section.type == "prodigy":
+        from prodigyopt import Prodigy
+
+        return Prodigy(groups, lr=section.lr, betas=section.betas, eps=section.eps, weight_decay=section.weight_decay,
+                       d_coef=section.d_coef, safeguard_warmup=section.safeguard_warmup,
+                       use_bias_correction=section.use_bias_correction)
+    if section.type == "dadapt_adam":
+        from dadaptation import DAdaptAdam
+
+        if section.safeguard_warmup:
+            raise ConfigError("is not an option of dadapt_adam (prodigy has it)", "optimizer.safeguard_warmup")
+        return DAdaptAdam(groups, lr=section.lr, betas=section.betas, eps=section.eps,
+                          weight_decay=section.weight_decay, decouple=True,
+                          use_bias_correction=section.use_bias_correction)
+    if section.type == "adamw_8bit":
+        return _adamw_8bit(groups, preset)
     import schedulefree
 
     if section.type == "adamw_schedule_free":
@@ -92,6 +120,44 @@ def build_optimizer(model: torch.nn.Module, preset, warmup_steps: int, component
         raise ConfigError(f"unknown optimizer {section.type!r}", "optimizer.type")
     optimizer.train()
     return optimizer
+
+
+def _adamw_8bit(groups: list[dict], preset) -> torch.optim.Optimizer:
+    section = preset.optimizer
+    if preset.training.device == "cpu" or not torch.cuda.is_available():
+        raise ConfigError("'adamw_8bit' needs a CUDA device (bitsandbytes' 8-bit optimizer does not run on CPU); "
+                          "use 'adamw' here", "optimizer.type")
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise ConfigError("'adamw_8bit' needs the bitsandbytes package (pip install bitsandbytes); "
+                          "use 'adamw' without it", "optimizer.type") from None
+    return bitsandbytes.optim.AdamW8bit(groups, lr=section.lr, betas=section.betas, eps=section.eps,
+                                        weight_decay=section.weight_decay)
+
+
+def is_adaptive(optimizer_type: str) -> bool:
+    return optimizer_type in ADAPTIVE_OPTIMIZERS
+
+
+def effective_lrs(optimizer) -> list[float] | None:
+    """The LR the next `step()` applies to each group of an adaptive optimizer; None for the others.
+
+    Call it after the LRs are set and before `step()`: d * max(lr) * bias correction (module docstring).
+    """
+    base = _base_optimizer(optimizer)
+    groups = base.param_groups
+    if "d" not in groups[0] or ("d_coef" not in groups[0] and "numerator_weighted" not in groups[0]):
+        return None  # not prodigy / dadapt_adam
+    first = groups[0]
+    lr = max(float(group["lr"]) for group in groups)
+    correction = 1.0
+    if first.get("use_bias_correction"):
+        beta1, beta2 = first["betas"]
+        step = first["k"] + 1
+        correction = ((1 - beta2**step) ** 0.5) / (1 - beta1**step)
+    applied = float(first["d"]) * lr * correction
+    return [applied for _ in groups]
 
 
 def logged_lrs(optimizer) -> list[float]:

@@ -3,7 +3,8 @@
 Run folder `output.dir/tensorboard`. At optimizer step k: `lr/<group>` (the
 LR step k used: the effective one, `scheduled_lr`, for schedule-free
 optimizers) for every group, and `loss/train` (mean over the accumulation
-window, averaged over processes). A resumed run opens the writer with
+window, averaged over processes); for prodigy and dadapt_adam also
+`lr_effective/<group>`, the LR the optimizer really applied (d * lr * f(k)). A resumed run opens the writer with
 `purge_step` = its first step, so events a killed run wrote past its last
 checkpoint are hidden and TensorBoard shows one clean curve.
 """
@@ -21,9 +22,12 @@ class TensorBoardLog:
 
         self.writer = SummaryWriter(log_dir=str(Path(output_dir) / paths.TENSORBOARD_DIR), purge_step=purge_step)
 
-    def log_step(self, step: int, loss: float, lrs: dict[str, float]) -> None:
+    def log_step(self, step: int, loss: float, lrs: dict[str, float],
+                 effective_lrs: dict[str, float] | None = None) -> None:
         for name, lr in lrs.items():
             self.writer.add_scalar(f"lr/{name}", lr, step)
+        for name, lr in (effective_lrs or {}).items():
+            self.writer.add_scalar(f"lr_effective/{name}", lr, step)
         self.writer.add_scalar("loss/train", loss, step)
 
     def log_samples(self, step: int, images: np.ndarray) -> None:

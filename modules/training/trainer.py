@@ -15,6 +15,9 @@ Contract (SPEC §1, §2, §4, §5, §6):
   RNG (LoRA dropout) is seeded from (seed, rank) when a run starts. A resumed run
   therefore repeats the uninterrupted run bit for bit on CPU; the global RNG
   states (python, numpy, torch, cuda) are still saved and restored per rank.
+  Images are decoded ahead by `data.num_workers` DataLoader workers
+  (`dataset.stream`), from the resume position on; the count of workers
+  changes no bit of the result.
 - Only the main process writes TensorBoard, lr_plan.csv, samples, checkpoints
   and the final model; every process writes its own RNG state.
 - The launched world size must equal `training.num_processes` (the plan is
@@ -53,9 +56,11 @@ from modules.lr_adapter import set_learning_rates
 from modules.lr_curve import build_lr_curve
 from modules.step_plan import build_step_plan, describe_changes
 from modules.training import checkpoints, paths
-from modules.training.data import build_dataset, torch_generator
+from modules.training.data import build_dataset, torch_generator, training_sizes
 from modules.training.families import build_family, family_class
-from modules.training.optimizers import build_optimizer, is_schedule_free, logged_lrs, schedule_free_eval
+from modules.training.models import check_training_sizes
+from modules.training.optimizers import (build_optimizer, effective_lrs, is_schedule_free, logged_lrs,
+                                         schedule_free_eval)
 
 MIXED_PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -69,6 +74,7 @@ class StepReport:
     lrs: dict[str, float]     # group name -> effective LR used by step k (what TensorBoard logs)
     elapsed_seconds: float
     eta_seconds: float | None
+    effective_lrs: dict[str, float] | None = None  # prodigy / dadapt_adam: d * lr really applied (lr_effective/)
 
 
 @dataclass
@@ -206,6 +212,7 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
     # --- data, model, optimizer ----------------------------------------------
     dataset = build_dataset(preset, plan)
     family = build_family(preset, plan)
+    check_training_sizes(family.size_multiple(), family.name, training_sizes(dataset), preset.model.resolution)
     model = family.model
     schedule_free = is_schedule_free(preset.optimizer.type)
     if loaded is not None:
@@ -303,21 +310,19 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
     micro_batches_per_epoch = plan.micro_batches_per_epoch
     last_checkpoint = folder
     first_step, started = global_step, time.perf_counter()
-    order_epoch, order = None, None
+    stream = dataset.stream(plan, seed, rank, global_step, preset.data.num_workers)
     stop_flag = torch.zeros(1, device=device)
     model.train()
     try:
         while global_step < total_steps:
             epoch, step_in_epoch = plan.position(global_step)
-            if order_epoch != epoch:
-                order_epoch, order = epoch, dataset.epoch_order(seed, epoch)
             window = plan.micro_batch_window(step_in_epoch)
             in_window = len(window)
             set_learning_rates(optimizer, curve, global_step)
             loss_sum = torch.zeros((), device=device)
             for position, micro_batch in enumerate(window):
                 global_micro_batch = epoch * micro_batches_per_epoch + micro_batch
-                batch = dataset.micro_batch(order, plan, micro_batch, rank, seed, global_micro_batch)
+                batch = stream.take(global_micro_batch)
                 generator = torch_generator(seed, global_micro_batch, rank)
                 last = position == in_window - 1
                 with nullcontext() if last else accelerator.no_sync(model):
@@ -326,9 +331,11 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
                 loss_sum += loss.detach()
             if preset.training.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(trained_parameters, preset.training.max_grad_norm)
+            adaptive = effective_lrs(optimizer)  # before step(): the d this step applies
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             lrs = dict(zip(group_names, logged_lrs(optimizer)))
+            effective = dict(zip(group_names, adaptive)) if adaptive is not None else None
             mean_loss = loss_sum / in_window
             if world > 1:
                 mean_loss = accelerator.reduce(mean_loss, reduction="mean")
@@ -339,11 +346,11 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
             elapsed = time.perf_counter() - started
             eta = elapsed / (global_step - first_step) * (total_steps - global_step)
             if is_main:
-                tensorboard.log_step(step, loss_value, lrs)
+                tensorboard.log_step(step, loss_value, lrs, effective)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[DEFAULT_GROUP_NAME]:.3g}", refresh=False)
                 bar.update(1)
                 if on_step is not None:
-                    on_step(StepReport(step, total_steps, epoch, loss_value, lrs, elapsed, eta))
+                    on_step(StepReport(step, total_steps, epoch, loss_value, lrs, elapsed, eta, effective))
                 if global_step in sample_steps:
                     save_samples(global_step)
 
@@ -362,6 +369,7 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
                 say_to_bar(bar, say, f"stopped at step {global_step} of {total_steps}; resume with: {command}")
                 return TrainResult(output_dir, global_step, total_steps, False, last_checkpoint, command)
     finally:
+        stream.close()
         bar.close()
         if tensorboard is not None:
             tensorboard.close()

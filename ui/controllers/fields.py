@@ -36,6 +36,11 @@ DATA_MODEL_FIELDS = (
     FieldSpec("data.repeats", "Repeats", "int", "each image is seen this many times per epoch"),
     FieldSpec("data.drop_last", "Drop last batch", "bool", "skip the last, incomplete batch of each epoch"),
     FieldSpec("data.flip", "Random flip", "bool", "mirror images at random (augmentation)"),
+    FieldSpec("data.buckets", "Aspect buckets", "bool",
+              "train each image near its own aspect ratio, one bucket per batch (else square crops)"),
+    FieldSpec("data.bucket_step", "Bucket step", "int", "bucket sides are multiples of this (a multiple of 8)"),
+    FieldSpec("data.bucket_max_aspect", "Max aspect", "float", "longest bucket side / shortest, at most"),
+    FieldSpec("data.num_workers", "Data workers", "int", "processes decoding images ahead of training (0: none)"),
     FieldSpec("model.type", "Model type", "choice",
               "auto reads the folder's model_index.json; SD / SDXL train on captioned images",
               choices=MODEL_TYPES),
@@ -80,6 +85,13 @@ TRAINING_FIELDS = (
               choices=OPTIMIZER_TYPES),
     FieldSpec("optimizer.lr", "Learning rate", "float", "peak LR of the parameters no group matches (group unet)"),
     FieldSpec("optimizer.weight_decay", "Weight decay", "float", "decoupled weight decay"),
+    FieldSpec("optimizer.lr_scaling", "LR scaling", "choice", "multiply every LR by n or sqrt(n) (n below)",
+              choices=("none", "linear", "sqrt")),
+    FieldSpec("optimizer.lr_scaling_by", "Scale by", "choice", "n: batch x processes x accumulation, or a part",
+              choices=("global_batch", "batch", "accumulation")),
+    FieldSpec("optimizer.d_coef", "d coefficient", "float", "prodigy: scales its LR estimate d"),
+    FieldSpec("optimizer.safeguard_warmup", "Safeguard warmup", "bool", "prodigy: steadier d during warmup"),
+    FieldSpec("optimizer.use_bias_correction", "Bias correction", "bool", "prodigy / dadapt_adam: Adam's correction"),
     FieldSpec("optimizer.text_encoder_lr", "Text encoder LR", "float",
               "SD / SDXL: peak LR of the text encoder(s); empty: they stay frozen", optional=True),
     FieldSpec("optimizer.text_encoder_stop_after", "Text encoder stop", "duration",
@@ -113,6 +125,10 @@ SCHEDULER_FIELDS = (
               choices=("linear", "cosine", "sqrt")),
     FieldSpec("scheduler.steps", "Steps", "json", 'list of [start, factor], e.g. [[0, 1.0], ["50%", 0.1]]',
               optional=True),
+    FieldSpec("scheduler.function", "Function", "text", '"my_schedule.py:name": name(k, total_steps) -> f(k)',
+              optional=True),
+    FieldSpec("scheduler.phases", "Phases", "json", 'list of {"shape", "until", "to"}; the last until "100%"',
+              optional=True),
 )
 
 ALL_FIELDS = {spec.key: spec for spec in (*DATA_MODEL_FIELDS, METHOD_FIELD, *LORA_FIELDS, *TRAINING_FIELDS,
@@ -138,6 +154,8 @@ SCHEDULER_KEYS_BY_TYPE: dict[str, tuple[str, ...]] = {
     "inverse_sqrt": _WARMUP + _DECAYING + ("scheduler.timescale",),
     "warmup_stable_decay": _WARMUP + _DECAYING + ("scheduler.decay", "scheduler.decay_shape"),
     "piecewise_constant": _WARMUP + ("scheduler.steps",),
+    "custom": ("scheduler.function",),  # the function is the whole curve: no warmup of its own
+    "sequence": ("scheduler.phases",),  # a warmup is its first phase
 }
 assert set(SCHEDULER_KEYS_BY_TYPE) == set(SCHEDULER_TYPES)
 
@@ -171,6 +189,8 @@ def parse_text(spec: FieldSpec, text: Any) -> Any:
         return value if math.isfinite(value) else stripped
     if spec.kind == "duration":
         return int(stripped) if stripped.isdigit() else stripped
+    if spec.kind == "text" and spec.optional and not stripped:
+        return None
     if spec.kind == "json":
         try:
             return json.loads(stripped)

@@ -10,6 +10,10 @@ recomputed. Results are cached per folder and the folder's modification
 time, so editing other fields never walks 100,000 files again; `forget`
 drops a folder's entry (the "recount" button).
 
+`lookup_sizes(folder)` is the same for the image sizes that aspect-ratio
+buckets need (`modules.image_sizes.image_sizes`: the file headers, through
+the size index), a list of (width, height) in listing order.
+
 `CaptionCounter` is the same for captions: `lookup(folder, extension)`
 answers a `modules.captions.CaptionSummary` (how many of the folder's images
 have a caption file), counted on a worker thread, cached per folder, its
@@ -22,19 +26,20 @@ from pathlib import Path
 
 from modules.captions import CaptionSummary, summarize_captions
 from modules.errors import ConfigError
-from modules.image_listing import list_images
+from modules.image_listing import list_image_files, list_images
+from modules.image_sizes import image_sizes
 
-Result = int | CaptionSummary | ConfigError
+Result = int | list[tuple[int, int]] | CaptionSummary | ConfigError
+COUNT, SIZES, CAPTIONS = "count", "sizes", "captions:"
 
 
-def _folder_key(folder: str, extra: tuple = ()) -> tuple:
-    """(resolved path, modification time or None, *extra)."""
+def _folder_key(folder: str, kind: str = COUNT) -> tuple[str, int | None, str]:
     path = Path(folder).expanduser().resolve()
     try:
         modified_ns = os.stat(path).st_mtime_ns
     except OSError:
         modified_ns = None
-    return (str(path), modified_ns, *extra)
+    return str(path), modified_ns, kind
 
 
 class ImageCounter:
@@ -47,9 +52,16 @@ class ImageCounter:
         self._lock = threading.Lock()
         self.walks = 0  # how many times a folder was listed (the cache keeps this low)
 
-    def lookup(self, folder: str, *extra) -> Result | None:
+    def lookup(self, folder: str) -> Result | None:
         """The count for `folder`, its error, or None while it is being counted."""
-        key = _folder_key(folder, extra)
+        return self._lookup(folder, COUNT)
+
+    def lookup_sizes(self, folder: str) -> Result | None:
+        """The (width, height) of every image of `folder`, its error, or None while they are read."""
+        return self._lookup(folder, SIZES)
+
+    def _lookup(self, folder: str, kind: str) -> Result | None:
+        key = _folder_key(folder, kind)
         with self._lock:
             if key in self._results:
                 return self._results[key]
@@ -57,21 +69,17 @@ class ImageCounter:
                 return None
         if self.synchronous or key[1] is None:
             # Nothing to walk (the folder does not exist or cannot be read): answer at once.
-            self._count(key, folder, extra)
+            self._count(key, folder)
             return self._results[key]
-        worker = threading.Thread(target=self._count, args=(key, folder, extra), name="image-counter", daemon=True)
+        worker = threading.Thread(target=self._count, args=(key, folder), name="image-counter", daemon=True)
         with self._lock:
             self._running[key] = worker
         worker.start()
         return None
 
-    def measure(self, folder: str, *extra) -> Result:
-        """What is counted (on the worker thread): the number of images."""
-        return len(list_images(folder))
-
-    def _count(self, key, folder: str, extra: tuple = ()) -> None:
+    def _count(self, key, folder: str) -> None:
         try:
-            result: Result = self.measure(folder, *extra)
+            result: Result = self.measure(folder, key[2])
         except ConfigError as error:
             result = error
         except OSError as error:
@@ -81,6 +89,11 @@ class ImageCounter:
             self._results[key] = result
             self._running.pop(key, None)
             self._finished.append(key)
+
+    def measure(self, folder: str, kind: str) -> Result:
+        """What is counted (on the worker thread): the number of images, or their sizes."""
+        paths = list_image_files(folder)
+        return image_sizes(folder, [path for _, path in paths], progress=False) if kind == SIZES else len(paths)
 
     def collect(self) -> bool:
         """True if a count finished since the last call (call from the GUI thread)."""
@@ -112,7 +125,7 @@ class CaptionCounter(ImageCounter):
     """How many images of a folder have a caption file; see the module docstring."""
 
     def lookup(self, folder: str, extension: str = ".txt") -> Result | None:
-        return super().lookup(folder, extension)
+        return self._lookup(folder, CAPTIONS + extension)
 
-    def measure(self, folder: str, extension: str = ".txt") -> CaptionSummary:
-        return summarize_captions(list_images(folder), extension)
+    def measure(self, folder: str, kind: str) -> Result:
+        return summarize_captions(list_images(folder), kind.removeprefix(CAPTIONS))

@@ -45,8 +45,12 @@ from ui.controllers.image_counter import CaptionCounter, ImageCounter
 DEFAULTS = Preset().to_json_dict()
 PIECEWISE_EXAMPLE = [[0, 1.0], ["50%", 0.1]]
 # A type that cannot run without a field gets a starting value when the user switches to it.
+SEQUENCE_EXAMPLE = [{"shape": "linear", "from": 0, "until": "5%", "to": 1},
+                    {"shape": "cosine", "until": "100%", "to": 0}]
 REQUIRED_FOR_TYPE = {"sine": ("scheduler.period", "1 epochs"), "piecewise_constant": ("scheduler.steps",
-                                                                                        PIECEWISE_EXAMPLE)}
+                                                                                        PIECEWISE_EXAMPLE),
+                     "sequence": ("scheduler.phases", SEQUENCE_EXAMPLE)}
+NO_WARMUP_TYPES = ("custom", "sequence")  # their curve holds any warmup: the hidden warmup field is set to 0
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,8 @@ class PresetDraft:
             required, example = REQUIRED_FOR_TYPE[text]
             if self.value(required) is None:
                 self.set_value(required, copy.deepcopy(example))
+        if key == "scheduler.type" and text in NO_WARMUP_TYPES:
+            self.set_value("scheduler.warmup", 0)
 
     def _groups_raw(self) -> list:
         groups = self.value("optimizer.param_groups")
@@ -294,17 +300,21 @@ class PresetDraft:
             preset = validate_preset(raw)
         except ConfigError as error:
             return PreviewState(None, False, str(error), error.key, revision=revision)
-        count = None
+        count, sizes = None, None
         if preset.data.path:
-            found = self.counter.lookup(preset.data.path)
+            lookup = self.counter.lookup_sizes if preset.data.buckets else self.counter.lookup
+            found = lookup(preset.data.path)
             if found is None:
                 return PreviewState(None, False, counting=preset.data.path, preset=preset, revision=revision)
             if isinstance(found, ConfigError):
                 return PreviewState(None, False, str(found), found.key, preset=preset, revision=revision)
-            count = found
+            if isinstance(found, list):  # buckets: every image's size
+                count, sizes = len(found), found
+            else:
+                count = found
         try:
             # num_images None with no data.path: the plan raises "data.path: is not set".
-            preview = build_preview(preset, count)
+            preview = build_preview(preset, count, sizes)
             # The curve is computed on first use: here, so that the caller's thread pays for it.
             preview.curve.applied_multipliers, preview.curve.effective_multipliers  # noqa: B018
         except ConfigError as error:
@@ -387,3 +397,10 @@ class PresetDraft:
             figure.supxlabel("warnings: " + "; ".join(preview.plan.warnings), fontsize="x-small",
                              color="#a04000", wrap=True)
         figure.savefig(path)
+
+
+def scaled_lr_note(preview: Preview | None) -> str:
+    """Beside the LR field: "x sqrt(8) = 2.83e-4" when optimizer.lr_scaling changes it, else ""."""
+    if preview is None or not preview.plan.lr_scale_note:
+        return ""
+    return preview.plan.lr_scale_note.split(" (")[0].split(" ", 2)[2]

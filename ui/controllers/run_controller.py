@@ -44,6 +44,7 @@ class RunController:
     eta_seconds: float | None = None
     used_steps: list[int] = field(default_factory=list)
     used_lrs: dict[str, list[float]] = field(default_factory=dict)
+    used_effective_lrs: dict[str, list[float]] = field(default_factory=dict)  # prodigy / dadapt_adam: d * lr
     losses: list[float] = field(default_factory=list)
     log_lines: list[str] = field(default_factory=list)
     error: str | None = None
@@ -95,6 +96,8 @@ class RunController:
             self.used_steps.append(index)
             for name, lr in self.lrs.items():
                 self.used_lrs.setdefault(name, []).append(lr)
+            for name, lr in (report.get("effective_lrs") or {}).items():
+                self.used_effective_lrs.setdefault(name, []).append(float(lr))
             self.losses.append(self.loss)
         elif kind == "log":
             self.log(str(event[1]))
@@ -178,6 +181,12 @@ class RunController:
         steps, lrs, _ = self._series()
         keep = _thinned(len(steps), max_points)
         return {name: ([steps[i] for i in keep], [values[i] for i in keep]) for name, values in lrs.items()}
+
+    def effective_lr_points(self, max_points: int | None = None) -> dict[str, tuple[list[int], list[float]]]:
+        """Group -> (steps, d * lr really applied) for adaptive optimizers; {} for the others."""
+        keep = _thinned(len(self.used_steps), max_points)
+        return {name: ([self.used_steps[i] for i in keep], [lrs[i] for i in keep])
+                for name, lrs in self.used_effective_lrs.items() if len(lrs) == len(self.used_steps)}
 
     def loss_points(self, max_points: int | None = None) -> tuple[list[int], list[float]]:
         steps, _, losses = self._series()

@@ -106,6 +106,23 @@ class RunPanel(ctk.CTkFrame):
             self.log_box.see("end")
             self.log_box.configure(state="disabled")
 
+    def _plot_effective(self, run: RunController) -> None:
+        """Prodigy / D-Adaptation: the LR really applied (d x lr) on its own axis, as training reports it."""
+        points = run.effective_lr_points(MAX_RUN_POINTS)
+        axes = getattr(self, "effective_axes", None)
+        if not points and axes is None:
+            return
+        if axes is None:
+            axes = self.effective_axes = self.lr_plot.axes.twinx()
+        axes.clear()
+        theme = self.lr_plot.theme
+        for index, (name, (steps, lrs)) in enumerate(points.items()):
+            axes.plot(steps, lrs, color=theme["colors"][(index + 3) % len(theme["colors"])], lw=1.2, ls="-.",
+                      label=f"lr_effective/{name}")
+        axes.set_ylabel("effective LR (d x lr)" if points else "", color=theme["foreground"])
+        axes.tick_params(colors=theme["foreground"], which="both")
+        axes.set_visible(bool(points))
+
     def plot_plan(self, preview) -> None:
         """Before a run: the curve Start would train."""
         self.plot(RunController(planned=preview))
@@ -121,6 +138,7 @@ class RunPanel(ctk.CTkFrame):
             return
         title = "learning rate: planned and used" if run.status != "idle" else "learning rate: the plan Start trains"
         self.lr_plot.update(run.planned, actual=run.actual_lrs(MAX_RUN_POINTS), title=title)
+        self._plot_effective(run)
         steps, losses = run.loss_points(MAX_RUN_POINTS)
         self._show_tick_labels(self.lr_plot.axes, True)
         self._show_tick_labels(self.loss_axes, True, y_shown=bool(steps))

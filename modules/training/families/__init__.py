@@ -32,6 +32,9 @@ The seam, in the order the loop uses it:
 - `family.save_final_model(folder)`: the final model in diffusers format.
 - `family.sample(seed)`: images (N, H, W, 3) in [0, 1] for output.samples
   (the loop switches schedule-free optimizers to eval mode around it).
+- `family.size_multiple()`: the pixel multiple every training height and
+  width must be (aspect-ratio buckets), or None when the model takes only
+  square `model.resolution` input; `family.name` names it in errors.
 - `family.cast_for_mixed_precision(dtype)`: on CUDA with fp16/bf16, frozen
   weights in `dtype`, trainable ones kept in fp32 (diffusers' cast_training_params).
 
@@ -50,6 +53,7 @@ class Family:
     """The interface; see the module docstring. Subclasses set `model` in __init__."""
 
     model: torch.nn.Module
+    name: str = "model"
 
     @staticmethod
     def read_checkpoint_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -72,6 +76,10 @@ class Family:
 
     def sample(self, seed: int):
         raise NotImplementedError
+
+    def size_multiple(self) -> int | None:
+        """Default: only square input."""
+        return None
 
     def cast_for_mixed_precision(self, dtype: torch.dtype) -> None:
         """Default: nothing to cast (accelerate's autocast does the rest)."""

@@ -44,6 +44,7 @@ from modules.training import checkpoints, paths
 from modules.training.families import Family
 from modules.training.families import lora as lora_files
 from modules.training.families.common import diffusion_loss, draw_noise
+from modules.training.models import size_multiple
 
 SAMPLE_INFERENCE_STEPS = 20
 
@@ -121,6 +122,7 @@ class TextToImageLossModel(torch.nn.Module):
 
 
 class StableDiffusionFamily(Family):
+    name = "StableDiffusionPipeline"
     PIPELINE_CLASS = "StableDiffusionPipeline"
     TEXT_ENCODERS = ("text_encoder",)
     TOKENIZERS = ("tokenizer",)
@@ -141,6 +143,12 @@ class StableDiffusionFamily(Family):
         self.noise_scheduler = self._noise_scheduler()
         self._set_up_training()
         self.model = TextToImageLossModel(self)
+
+    def size_multiple(self) -> int | None:
+        """The VAE's downsampling times the UNet's halvings of the latents."""
+        vae_factor = 2 ** (len(self.pipeline.vae.config.block_out_channels) - 1)
+        halvings = size_multiple(self.pipeline.unet)
+        return None if halvings is None else vae_factor * halvings
 
     # --- loading ------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from modules.training.families.stable_diffusion import StableDiffusionFamily
 
 
 class StableDiffusionXLFamily(StableDiffusionFamily):
+    name = "StableDiffusionXLPipeline"
     PIPELINE_CLASS = "StableDiffusionXLPipeline"
     TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
     TOKENIZERS = ("tokenizer", "tokenizer_2")

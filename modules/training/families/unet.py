@@ -21,7 +21,7 @@ import torch
 from modules.training import checkpoints, paths
 from modules.training.families import Family
 from modules.training.families.common import diffusion_loss, draw_noise
-from modules.training.models import build_model, build_noise_scheduler, training_target
+from modules.training.models import build_model, build_noise_scheduler, size_multiple, training_target
 
 SAMPLE_COUNT = 4
 SAMPLE_INFERENCE_STEPS = 20
@@ -50,11 +50,16 @@ class UnetLossModel(torch.nn.Module):
 
 
 class UnetFamily(Family):
+    name = "UNet2DModel"
+
     def __init__(self, preset, plan):
         self.preset = preset
         self.unet = build_model(preset)
         self.noise_scheduler = build_noise_scheduler(preset)
         self.model = UnetLossModel(self.unet, self.noise_scheduler, preset.training)
+
+    def size_multiple(self) -> int | None:
+        return size_multiple(self.unet)
 
     @staticmethod
     def read_checkpoint_weights(folder: Path) -> dict[str, torch.Tensor]:

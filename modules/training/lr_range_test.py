@@ -1,0 +1,175 @@
+"""The LR range test (SPEC §9): train a throw-away copy with a rising LR and find where the loss falls fastest.
+
+`lr_range_test(preset, min_lr, max_lr, steps)` builds the preset's model,
+optimizer and data with the trainer's own functions (the model family's
+`build_family` and its loss of a micro-batch, `build_optimizer`,
+`build_dataset`, the same seeded generators and accumulation windows) and
+takes up to `steps` optimizer steps at
+
+    lr_i = min_lr * (max_lr / min_lr) ** (i / (steps - 1))       i = 0 .. steps - 1
+
+for the group `unet` (`optimizer.lr`); every other group (named groups, the
+text encoders) keeps its ratio to `optimizer.lr`. The loss of step i is the mean over its accumulation window;
+the smoothed loss is its bias-corrected exponential moving average
+(`SMOOTHING`). The test stops early once the smoothed loss passes
+`DIVERGENCE_FACTOR` (4) times its minimum so far, or a loss is not finite.
+
+The suggestion is the LR at the steepest descent of the smoothed loss
+against log(lr), over the steps before the stop (the first tenth left out:
+the average is still settling there). It is always one of the swept LRs.
+
+Nothing is written anywhere: no checkpoint, no log, nothing in output.dir.
+The test runs in one process; with `training.num_processes` > 1 it trains on
+one process's share of each batch. Adaptive optimizers (prodigy,
+dadapt_adam) are refused: they choose their own LR.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from modules.config import ADAPTIVE_OPTIMIZERS, Preset
+from modules.errors import ConfigError
+from modules.step_plan import build_step_plan
+from modules.training.data import build_dataset, torch_generator
+from modules.lr_curve import build_lr_curve
+from modules.training.families import build_family
+from modules.training.optimizers import build_optimizer
+
+DEFAULT_MIN_LR = 1e-7
+DEFAULT_MAX_LR = 1.0
+DEFAULT_STEPS = 100
+SMOOTHING = 0.9  # EMA factor of the smoothed loss (0.9: about the last ten steps)
+DIVERGENCE_FACTOR = 4.0
+MIN_STEPS = 5
+
+
+@dataclass
+class RangeTestPoint:
+    step: int
+    lr: float
+    loss: float
+    smoothed_loss: float
+
+
+@dataclass
+class RangeTestResult:
+    points: list[RangeTestPoint] = field(default_factory=list)
+    min_lr: float = DEFAULT_MIN_LR
+    max_lr: float = DEFAULT_MAX_LR
+    planned_steps: int = DEFAULT_STEPS
+    stop_reason: str = ""  # why it ended before planned_steps ("" if it ran them all)
+    suggested_lr: float | None = None
+    suggested_step: int | None = None
+    lr_scale: float = 1.0  # the plan's optimizer.lr_scaling factor: optimizer.lr = suggested_lr / lr_scale
+
+    @property
+    def suggested_optimizer_lr(self) -> float | None:
+        """The value to put in optimizer.lr (before the plan's LR scaling) for the suggested LR."""
+        return None if self.suggested_lr is None else self.suggested_lr / self.lr_scale
+
+    def write_csv(self, path) -> None:
+        """`step,lr,loss,smoothed_loss`, one row per step taken (full precision)."""
+        rows = [f"{p.step},{p.lr!r},{p.loss!r},{p.smoothed_loss!r}" for p in self.points]
+        with open(path, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write("step,lr,loss,smoothed_loss\n" + "".join(row + "\n" for row in rows))
+
+
+def swept_lrs(min_lr: float, max_lr: float, steps: int) -> np.ndarray:
+    """The geometric sweep: min_lr at step 0, max_lr at step steps - 1."""
+    return min_lr * (max_lr / min_lr) ** (np.arange(steps, dtype=np.float64) / (steps - 1))
+
+
+def check_arguments(min_lr: float, max_lr: float, steps: int) -> None:
+    if not (math.isfinite(min_lr) and min_lr > 0):
+        raise ConfigError(f"--min-lr must be a positive number, got {min_lr:g}")
+    if not (math.isfinite(max_lr) and max_lr > min_lr):
+        raise ConfigError(f"--max-lr must be greater than --min-lr ({min_lr:g}), got {max_lr:g}")
+    if steps < MIN_STEPS:
+        raise ConfigError(f"--steps must be at least {MIN_STEPS}, got {steps}")
+
+
+def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> int | None:
+    """Index of the steepest descent of `smoothed` against log(lr), the first tenth left out; None if too short."""
+    count = len(smoothed)
+    if count < 3:
+        return None
+    skip = max(1, count // 10) if count >= MIN_STEPS else 0
+    slope = np.gradient(smoothed, np.log(lrs))
+    return int(skip + np.argmin(slope[skip:]))
+
+
+def lr_range_test(preset: Preset, min_lr: float = DEFAULT_MIN_LR, max_lr: float = DEFAULT_MAX_LR,
+                  steps: int = DEFAULT_STEPS, *, on_point: Callable[[RangeTestPoint], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None, progress_bar: bool = False) -> RangeTestResult:
+    """Run the test on `preset` (see the module docstring); ConfigError on bad input."""
+    check_arguments(min_lr, max_lr, steps)
+    if preset.optimizer.type in ADAPTIVE_OPTIMIZERS:
+        raise ConfigError(f"'{preset.optimizer.type}' sets its own LR (its d); the range test is for optimizers "
+                          "with a fixed LR (prodigy and dadapt_adam usually run at lr 1.0)", "optimizer.type")
+    from modules.training.trainer import make_accelerator
+
+    plan = build_step_plan(preset)
+    accelerator = make_accelerator(preset)
+    curve = build_lr_curve(plan, preset.optimizer)
+    dataset = build_dataset(preset, plan)
+    family = build_family(preset, plan)
+    model = family.model
+    optimizer = build_optimizer(model, preset, 0, family.parameter_components(), (curve.group_names, curve.base_lrs))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ratios = [lr / (preset.optimizer.lr * plan.lr_scale) for lr in curve.base_lrs]
+    lrs = swept_lrs(min_lr, max_lr, steps)
+    seed = preset.training.seed
+    result = RangeTestResult(min_lr=min_lr, max_lr=max_lr, planned_steps=steps, lr_scale=plan.lr_scale)
+    from tqdm.auto import tqdm
+
+    average, best = 0.0, math.inf
+    order_epoch, order = None, None
+    model.train()
+    with tqdm(total=steps, disable=not progress_bar, unit="step", dynamic_ncols=True) as bar:
+        for index in range(steps):
+            epoch, step_in_epoch = plan.position(index)
+            if order_epoch != epoch:
+                order_epoch, order = epoch, dataset.epoch_order(seed, epoch)
+            for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+                group["lr"] = float(lrs[index]) * ratio
+            window = plan.micro_batch_window(step_in_epoch)
+            loss_sum = 0.0
+            for micro_batch in window:
+                global_micro_batch = epoch * plan.micro_batches_per_epoch + micro_batch
+                batch = dataset.micro_batch(order, plan, micro_batch, 0, seed, global_micro_batch)
+                generator = torch_generator(seed, global_micro_batch, 0)
+                loss = model(batch, generator)  # the family's loss of this micro-batch, as in training
+                accelerator.backward(loss / len(window))
+                loss_sum += float(loss.detach())
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_value = loss_sum / len(window)
+            if not math.isfinite(loss_value):
+                result.stop_reason = f"the loss is not finite at step {index} (lr {lrs[index]:.3g})"
+                break
+            average = SMOOTHING * average + (1 - SMOOTHING) * loss_value
+            smoothed = average / (1 - SMOOTHING ** (index + 1))
+            point = RangeTestPoint(index, float(lrs[index]), loss_value, smoothed)
+            result.points.append(point)
+            bar.update(1)
+            bar.set_postfix(lr=f"{lrs[index]:.2e}", loss=f"{smoothed:.4f}", refresh=False)
+            if on_point is not None:
+                on_point(point)
+            best = min(best, smoothed)
+            if smoothed > DIVERGENCE_FACTOR * best:
+                result.stop_reason = (f"the smoothed loss passed {DIVERGENCE_FACTOR:g}x its minimum at step {index} "
+                                      f"(lr {lrs[index]:.3g})")
+                break
+            if should_stop is not None and should_stop():
+                result.stop_reason = f"stopped by the user at step {index}"
+                break
+    # The point that diverged is not a candidate: the suggestion comes from the descent before it.
+    candidates = result.points[:-1] if result.stop_reason.startswith("the smoothed") else result.points
+    chosen = suggest(np.array([p.lr for p in candidates]), np.array([p.smoothed_loss for p in candidates]))
+    if chosen is None:
+        raise ConfigError(f"the loss diverged after {len(result.points)} steps ({result.stop_reason}): "
+                          f"no descent to read a suggestion from; lower --min-lr (now {min_lr:g})")
+    result.suggested_step, result.suggested_lr = candidates[chosen].step, candidates[chosen].lr
+    return result
