@@ -9,13 +9,17 @@ to_q/to_k/to_v/to_out.0 (alpha = rank, gaussian init), AdamW with a cosine
 schedule, gradients clipped to norm 1, CPU fp32, one torch thread:
 
 - ours: `modules.training.train` as users run it (step plan, LR written into
-  the param groups before every step, captions tokenized per micro-batch,
-  every draw from the micro-batch's seeded generator, loss and LR logged to
-  TensorBoard every step), no checkpoint or sample during the measured steps;
+  the param groups before every step, images decoded as their micro-batch is
+  due, captions tokenized, every draw from the micro-batch's seeded generator,
+  loss and LR logged to TensorBoard every step), no checkpoint or sample
+  during the measured steps; `data.num_workers` 0, so the decoding is done,
+  and timed, in this process as on the other side;
 - baseline: the loop of diffusers' examples/text_to_image/train_text_to_image_lora.py:
   `unet.add_adapter(LoraConfig(...))`, `accelerator.prepare(unet, optimizer,
-  lr_scheduler)`, random batch of pre-decoded pixels and pre-tokenized
-  captions, `vae.encode(...).latent_dist.sample() * scaling_factor`,
+  lr_scheduler)`, each step a random batch decoded and tokenized as the
+  script's `preprocess_train` does on every fetch (PIL, resize, centre crop,
+  normalise; `tokenizer(..., padding="max_length")`),
+  `vae.encode(...).latent_dist.sample() * scaling_factor`,
   `randn_like` noise, `add_noise`, `text_encoder(input_ids)[0]`, UNet, MSE,
   `accelerator.gather` of the loss and `.item()`, backward, clip, step,
   `lr_scheduler.step()`, `zero_grad()`.
@@ -71,7 +75,7 @@ def _preset(work: Path, total_steps: int):
 
     return validate_preset({
         "model": {"type": "stable_diffusion", "path": str(work / "sd"), "resolution": RESOLUTION},
-        "data": {"path": str(work / "images")},
+        "data": {"path": str(work / "images"), "num_workers": 0},
         "training": {"max_steps": total_steps, "batch_size": BATCH_SIZE, "device": "cpu", "seed": 0,
                      "method": "lora", "max_grad_norm": MAX_GRAD_NORM},
         "lora": {"rank": LORA_RANK},
@@ -114,7 +118,7 @@ def _baseline_setup(work: Path):
     from peft import LoraConfig
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from modules.training.data import ImageDataset
+    from modules.image_listing import list_images
 
     folder = work / "sd"
     noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
@@ -132,31 +136,39 @@ def _baseline_setup(work: Path):
     optimizer = torch.optim.AdamW(lora_layers, lr=LEARNING_RATE)
     lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=5,
                                  num_training_steps=WARMUP_STEPS + MEASURED_STEPS)
-    dataset = ImageDataset(work / "images", RESOLUTION)
-    pixels = torch.from_numpy(dataset.images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-    captions = [path.with_suffix(".txt").read_text(encoding="utf-8") for path in dataset.paths]
-    input_ids = tokenizer(captions, max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
-                          return_tensors="pt").input_ids
+    files = list_images(work / "images")
     accelerator = _fresh_accelerator()
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    return accelerator, unet, vae, text_encoder, noise_scheduler, optimizer, lr_scheduler, pixels, input_ids
+
+    def fetch(indices) -> tuple:
+        """(pixel_values, input_ids) of `indices`, prepared on each fetch as the script's preprocess_train."""
+        from modules.training.data import load_image
+
+        pixels = torch.stack([torch.from_numpy(load_image(files[index], RESOLUTION)[0]) for index in indices])
+        pixels = pixels.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        captions = [files[index].with_suffix(".txt").read_text(encoding="utf-8") for index in indices]
+        input_ids = tokenizer(captions, max_length=tokenizer.model_max_length, padding="max_length",
+                              truncation=True, return_tensors="pt").input_ids
+        return pixels, input_ids
+
+    return accelerator, unet, vae, text_encoder, noise_scheduler, optimizer, lr_scheduler, fetch, len(files)
 
 
 def _baseline(work: Path) -> tuple[float, float]:
     import torch
     import torch.nn.functional as F
 
-    accelerator, unet, vae, text_encoder, noise_scheduler, optimizer, lr_scheduler, pixels, input_ids = \
+    accelerator, unet, vae, text_encoder, noise_scheduler, optimizer, lr_scheduler, fetch, num_images = \
         _baseline_setup(work)
     unet.train()
 
     def step() -> None:
-        indices = torch.randint(0, len(pixels), (BATCH_SIZE,))
-        latents = vae.encode(pixels[indices]).latent_dist.sample() * vae.config.scaling_factor
+        pixel_values, input_ids = fetch(torch.randint(0, num_images, (BATCH_SIZE,)).tolist())
+        latents = vae.encode(pixel_values).latent_dist.sample() * vae.config.scaling_factor
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (BATCH_SIZE,)).long()
         noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-        encoder_hidden_states = text_encoder(input_ids[indices])[0]
+        encoder_hidden_states = text_encoder(input_ids)[0]
         model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
         loss = F.mse_loss(model_pred.float(), noise.float(), reduction="mean")
         accelerator.gather(loss.repeat(BATCH_SIZE)).mean().item()
@@ -204,11 +216,12 @@ def _checkpoints(work: Path) -> dict:
     optimizer.step()
     config = preset.to_json_dict()
 
-    base_accelerator, unet, vae, text_encoder, noise_scheduler, base_optimizer, lr_scheduler, pixels, input_ids = \
+    base_accelerator, unet, vae, text_encoder, noise_scheduler, base_optimizer, lr_scheduler, fetch, _ = \
         _baseline_setup(work)
-    latents = vae.encode(pixels[:BATCH_SIZE]).latent_dist.sample() * vae.config.scaling_factor
+    pixel_values, input_ids = fetch(range(BATCH_SIZE))
+    latents = vae.encode(pixel_values).latent_dist.sample() * vae.config.scaling_factor
     timesteps = torch.randint(0, 1000, (BATCH_SIZE,))
-    unet(latents, timesteps, text_encoder(input_ids[:BATCH_SIZE])[0]).sample.mean().backward()
+    unet(latents, timesteps, text_encoder(input_ids)[0]).sample.mean().backward()
     base_optimizer.step()
     lr_scheduler.step()
 
