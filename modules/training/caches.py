@@ -323,11 +323,7 @@ def build_text_embedding_cache(family, folder: Path, autocast, device, log, prog
     identity = module_identity(encoders, [tokenizer_identity(tokenizer) for tokenizer in tokenizers])
     cache = TextEmbeddingCache(folder, identity)
     captions = sorted(set(family.captions.values()) | ({""} if family.preset.data.caption_dropout > 0 else set()))
-    with torch.no_grad(), autocast():
-        hidden, pooled = family.embed_texts([""], device)  # the shapes every entry must have
-    shapes = {"hidden": tuple(hidden.shape[1:])}
-    if pooled is not None:
-        shapes["pooled"] = tuple(pooled.shape[1:])
+    shapes = family.text_embedding_shapes()  # what every entry must hold
     missing, rebuilt = [], []
     for caption in captions:
         tensors, reason = cache.read(caption, shapes)

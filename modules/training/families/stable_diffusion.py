@@ -274,6 +274,10 @@ class StableDiffusionFamily(Family):
         ids = self.tokenize(self.pipeline.tokenizer, captions, device)
         return self.pipeline.text_encoder(ids, return_dict=False)[0], None
 
+    def text_embedding_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of one caption's `embed_texts` output: hidden states (tokens, width) [, pooled]."""
+        return {"hidden": (self.pipeline.tokenizer.model_max_length, self.pipeline.text_encoder.config.hidden_size)}
+
     def encode(self, captions: list[str], batch, device):
         """(encoder_hidden_states, added_cond_kwargs) for the UNet."""
         return self.text_embeddings(captions, device)[0], None

@@ -39,6 +39,11 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
             hidden_states.append(hidden.view(hidden.shape[0], hidden.shape[1], -1))
         return torch.concat(hidden_states, dim=-1), pooled.view(pooled.shape[0], -1)
 
+    def text_embedding_shapes(self) -> dict[str, tuple[int, ...]]:
+        width = self.pipeline.text_encoder.config.hidden_size + self.pipeline.text_encoder_2.config.hidden_size
+        return {"hidden": (self.pipeline.tokenizer.model_max_length, width),
+                "pooled": (self.pipeline.text_encoder_2.config.projection_dim,)}
+
     def encode(self, captions: list[str], batch, device):
         encoder_hidden_states, pooled = self.text_embeddings(captions, device)
         return encoder_hidden_states, {"text_embeds": pooled, "time_ids": time_ids(batch, device,
