@@ -138,8 +138,9 @@ def test_a_modified_image_and_a_truncated_entry_are_rebuilt_and_said_so(tmp_path
     assert_same_weights(rebuilt, trained(cache_preset(tmp_path, pipelines, images, "uncached"))[0])
 
 
-def test_stop_and_resume_with_the_latent_cache_equals_a_straight_run(tmp_path, pipelines, dataset, uncached_sd):
-    preset = cache_preset(tmp_path, pipelines, dataset, "out", cache_latents=True)
+def test_stop_and_resume_with_the_latent_cache_and_two_workers_equals_a_straight_run(tmp_path, pipelines, dataset,
+                                                                                    uncached_sd):
+    preset = cache_preset(tmp_path, pipelines, dataset, "out", cache_latents=True, num_workers=2)
     steps = []
     _, _ = trained(preset, should_stop=lambda: len(steps) >= 3, on_step=steps.append)
     resumed, lines = trained(preset, resume=True)
