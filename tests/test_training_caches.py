@@ -229,3 +229,22 @@ def test_an_unwritable_cache_folder_is_one_line_and_exit_2_and_nothing_is_traine
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "data.cache_dir" in result.stderr and str(blocked / "cache") in result.stderr
     assert not (tmp_path / "out" / "model").exists()
+
+
+def test_two_cpu_processes_share_one_latent_cache_and_train_the_same_weights(tmp_path, pipelines, dataset):
+    from tests.test_train_cli import accelerate_launch
+
+    weights = {}
+    for name, cached in (("uncached", False), ("cached", True)):
+        preset = cache_preset(tmp_path, pipelines, dataset, name, cache_latents=cached)
+        raw = preset.to_json_dict()
+        raw["training"]["num_processes"] = 2
+        path = tmp_path / f"{name}.json"
+        save_preset(validate_preset(raw), path)
+        result = run(accelerate_launch(path), timeout=300)
+        assert result.returncode == 0, result.stderr
+        weights[name] = load_file(tmp_path / name / "model" / LORA_FILE)
+    assert "latent cache" in result.stdout  # the main process reports its part
+    entries = list((tmp_path / "cache" / LATENTS_DIR).rglob("*.safetensors"))
+    assert entries and not list((tmp_path / "cache" / LATENTS_DIR).rglob("*.tmp"))
+    assert_same_weights(weights["cached"], weights["uncached"])
