@@ -24,6 +24,15 @@ takes a while on a small machine; the folders are rebuilt when incomplete.
    transforms (PIL open, RGB, bicubic resize, centre crop, flip, to a
    tensor in [-1, 1], default collate). Best of alternating rounds, wall
    time. Target: ratio >= 0.95.
+4. Step time with cached latents (`data.cache_latents`, the cache built by
+   an earlier run) against the same run decoding and encoding every image,
+   on the tiny SD pipeline (`modules.training.tiny_pipelines`) at 256 px:
+   LoRA, batch 4, 2 workers, flips, 24 captioned JPEGs; the median time
+   between optimizer steps after the first two, best of alternating rounds.
+   On CUDA it runs there; the notes give the share of each step the loop
+   spends waiting for its micro-batch. Reported (the speed-up).
+
+    python benchmarks/bench_data.py --figure 4     runs only figure 4
 """
 
 import multiprocessing
@@ -231,7 +240,97 @@ def _throughput(images: Path, cache: Path) -> tuple[list[float], list[float]]:
     return ours, baseline
 
 
-def run() -> list[dict]:
+CACHE_RESOLUTION = 256
+CACHE_IMAGES = 24
+CACHE_STEPS = 10
+CACHE_ROUNDS = 3
+
+
+def _cache_run(pipeline: Path, images: Path, out: Path, cache: Path, cached: bool) -> tuple[float, float]:
+    """(median seconds per optimizer step after the first two, share of that time waiting for batches)."""
+    import statistics
+
+    import torch
+
+    from modules.config import validate_preset
+    from modules.training import train
+    from modules.training.data import MicroBatchStream
+
+    preset = validate_preset({
+        "model": {"path": str(pipeline), "resolution": CACHE_RESOLUTION},
+        "data": {"path": str(images), "flip": True, "num_workers": WORKERS, "cache_latents": cached,
+                 "cache_dir": str(cache)},
+        "training": {"max_steps": CACHE_STEPS, "batch_size": 4, "device": "auto", "seed": 0, "method": "lora"},
+        "optimizer": {"type": "adamw", "lr": 1e-4},
+        "scheduler": {"type": "constant"},
+        "output": {"dir": str(out), "checkpoint_every": None},
+    })
+    times, waits = [], []
+    take = MicroBatchStream.take
+
+    def timed_take(self, index):
+        started = time.perf_counter()
+        try:
+            return take(self, index)
+        finally:
+            waits.append(time.perf_counter() - started)
+
+    def on_step(report):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter())
+
+    MicroBatchStream.take = timed_take
+    try:
+        train(preset, progress_bar=False, log=lambda message: None, on_step=on_step)
+    finally:
+        MicroBatchStream.take = take
+    shutil.rmtree(out, ignore_errors=True)
+    intervals = [later - earlier for earlier, later in zip(times[2:], times[3:])]
+    return statistics.median(intervals), sum(waits[3:]) / (times[-1] - times[2])
+
+
+def _cached_step_time() -> dict:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from modules.training.tiny_pipelines import build_tiny_pipeline
+
+    with tempfile.TemporaryDirectory(prefix="bench_data_latents_") as folder:
+        root = Path(folder)
+        pipeline = build_tiny_pipeline("stable_diffusion", root / "pipeline", sample_size=CACHE_RESOLUTION // 2)
+        images = root / "images"
+        images.mkdir()
+        rng = np.random.default_rng(0)
+        for index in range(CACHE_IMAGES):
+            base = rng.integers(0, 256, (CACHE_RESOLUTION // 16, CACHE_RESOLUTION // 16, 3), dtype=np.uint8)
+            Image.fromarray(base).resize((CACHE_RESOLUTION + 32, CACHE_RESOLUTION), Image.Resampling.BILINEAR).save(
+                images / f"{index:03d}.jpg", quality=90)
+            (images / f"{index:03d}.txt").write_text(f"a photo of the thing {index}", encoding="utf-8")
+        cache = root / "cache"
+        _cache_run(pipeline, images, root / "warm", cache, True)  # builds the cache (and warms everything up)
+        cached, uncached = [], []
+        for round_index in range(CACHE_ROUNDS):
+            uncached.append(_cache_run(pipeline, images, root / f"uncached_{round_index}", cache, False))
+            cached.append(_cache_run(pipeline, images, root / f"cached_{round_index}", cache, True))
+    best_cached, best_uncached = min(cached), min(uncached)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    return {
+        "benchmark": f"step time, cached latents vs decoding and encoding every image (tiny SD, "
+                     f"{CACHE_RESOLUTION} px; ratio cached/uncached)",
+        "ours": best_cached[0] * 1000, "baseline": best_uncached[0] * 1000, "unit": "ms/step",
+        "ratio": best_cached[0] / best_uncached[0], "target": "< 1x (reported: the speed-up)",
+        "met": best_cached[0] < best_uncached[0],
+        "notes": f"speed-up {best_uncached[0] / best_cached[0]:.2f}x on {device}; LoRA, batch 4, {WORKERS} workers, "
+                 f"flips; median of steps 3-{CACHE_STEPS}, best of {CACHE_ROUNDS} alternating rounds; waiting for "
+                 f"batches: {best_cached[1]:.0%} of the step time cached, {best_uncached[1]:.0%} uncached",
+    }
+
+
+def run(figures: set[int] | None = None) -> list[dict]:
+    if figures == {4}:
+        return [_cached_step_time()]
     rows = []
     _images(LARGE)
     small, large = _images(SMALL), _images(LARGE)
@@ -287,8 +386,10 @@ def run() -> list[dict]:
                      f"centre crop, flip; wall time, best of {ROUNDS} alternating rounds (ours: "
                      f"{', '.join(f'{v:.0f}' for v in ours)}; baseline: {', '.join(f'{v:.0f}' for v in baseline)})",
         })
+    rows.append(_cached_step_time())  # 4. step time with cached latents
     return rows
 
 
 if __name__ == "__main__":
-    sys.exit(print_rows(run()))
+    only = {int(sys.argv[sys.argv.index("--figure") + 1])} if "--figure" in sys.argv else None
+    sys.exit(print_rows(run(only)))

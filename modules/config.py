@@ -165,6 +165,9 @@ class DataSection(Section):
     bucket_step: int = Field(64, ge=8)
     bucket_max_aspect: float = Field(2.0, ge=1, le=8)
     num_workers: int = Field(2, ge=0, le=64)
+    cache_latents: bool = False
+    cache_dir: str | None = None  # default: output.dir/cache
+    cache_text_embeddings: bool = False
 
     @model_validator(mode="after")
     def _bucket_step(self):
@@ -363,6 +366,13 @@ class Preset(Section):
                               "optimizer.text_encoder_stop_after")
         if self.model.type == "unet" or self.model.config:
             check_unet_options(self)
+            for key in ("cache_latents", "cache_text_embeddings"):
+                if getattr(self.data, key):
+                    raise ConfigError("is for stable_diffusion and stable_diffusion_xl models; a unet model has no "
+                                      "VAE or text encoder to cache", f"data.{key}")
+        if self.data.cache_text_embeddings and self.optimizer.text_encoder_lr is not None:
+            raise ConfigError("needs frozen text encoders, but optimizer.text_encoder_lr trains them (unset it, or "
+                              "set data.cache_text_embeddings to false)", "data.cache_text_embeddings")
         if self.optimizer.type in ADAPTIVE_OPTIMIZERS:
             for index, group in enumerate(self.optimizer.param_groups):
                 if group.lr != self.optimizer.lr:

@@ -29,7 +29,9 @@ Contract:
   values, and which worker decodes a micro-batch changes nothing.
 - Everything about a sample except its pixels is known before decoding
   (`sample_specs`: file, original size, training size, resized size, crop,
-  flip), so a cache can be keyed on it and serve stored results instead.
+  flip), so a cache can be keyed on it and serve stored results instead:
+  with `dataset.latent_cache` set (`modules.training.caches`), a micro-batch
+  carries the stored VAE latent parameters of its samples and no pixels.
 """
 
 import multiprocessing
@@ -105,6 +107,16 @@ def decode(path: Path, target_size: tuple[int, int],
         raise unreadable(path, error) from None
 
 
+def sample_pixels(specs: list[SampleSpec]) -> torch.Tensor:
+    """The samples decoded, flipped where their spec says: (B, 3, H, W) float32 in [-1, 1]."""
+    pixels = []
+    for spec in specs:
+        image = decode(spec.path, spec.target_size, spec.original_size)[0]
+        pixels.append(image[:, ::-1, :] if spec.flip else image)
+    batch = torch.from_numpy(np.ascontiguousarray(np.stack(pixels))).permute(0, 3, 1, 2).float()
+    return batch.div_(127.5).sub_(1.0)
+
+
 def load_image(path: Path, resolution: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
     """`decode` at (resolution, resolution): the shorter side resized to `resolution`, the centre cropped."""
     return decode(path, (resolution, resolution))
@@ -136,6 +148,7 @@ class ImageDataset:
         self.flip = flip
         self.sizes = image_sizes(folder, self.paths)  # (width, height): the header check of every file
         self.bucketed = bucket_step is not None
+        self.latent_cache = None  # set by modules.training.caches with data.cache_latents
         if self.bucketed:
             self.bucket_sizes = bucket_resolutions(resolution, bucket_step, bucket_max_aspect)  # (width, height)
             self.image_buckets = assign_buckets(self.sizes, self.bucket_sizes)
@@ -199,13 +212,13 @@ class ImageDataset:
         targets = {spec.target_size for spec in specs}
         if len(targets) != 1:  # the order guarantees it; a mixed batch could not be stacked anyway
             raise RuntimeError(f"micro-batch {global_micro_batch} mixes training sizes {sorted(targets)}")
-        pixels = []
-        for spec in specs:
-            image = decode(spec.path, spec.target_size, spec.original_size)[0]
-            pixels.append(image[:, ::-1, :] if spec.flip else image)
-        batch = torch.from_numpy(np.ascontiguousarray(np.stack(pixels))).permute(0, 3, 1, 2).float()
+        pixels = parameters = None
+        if self.latent_cache is not None:  # the VAE's output, stored: no pixel is decoded
+            parameters = self.latent_cache.latent_parameters(specs)
+        else:
+            pixels = sample_pixels(specs)
         return MicroBatch(
-            pixels=batch.div_(127.5).sub_(1.0),
+            pixels=pixels,
             paths=[spec.path for spec in specs],
             original_sizes=[spec.original_size for spec in specs],
             crop_top_lefts=[spec.crop_top_left for spec in specs],
@@ -213,6 +226,8 @@ class ImageDataset:
             index=int(micro_batch),
             global_index=int(global_micro_batch),
             rank=int(rank),
+            latent_parameters=parameters,
+            pixel_size=specs[0].target_size,
         )
 
     def stream(self, plan: StepPlan, seed: int, rank: int, start_step: int, num_workers: int) -> "MicroBatchStream":

@@ -17,7 +17,9 @@ Contract (SPEC §1, §2, §4, §5, §6):
   states (python, numpy, torch, cuda) are still saved and restored per rank.
   Images are decoded ahead by `data.num_workers` DataLoader workers
   (`dataset.stream`), from the resume position on; the count of workers
-  changes no bit of the result.
+  changes no bit of the result. With data.cache_latents / cache_text_embeddings
+  the caches are checked and completed before the first step
+  (`modules.training.caches`) and serve the VAE's and text encoders' output.
 - Only the main process writes TensorBoard, lr_plan.csv, samples, checkpoints
   and the final model; every process writes its own RNG state.
 - The launched world size must equal `training.num_processes` (the plan is
@@ -56,6 +58,7 @@ from modules.lr_adapter import set_learning_rates
 from modules.lr_curve import build_lr_curve
 from modules.step_plan import build_step_plan, describe_changes
 from modules.training import checkpoints, paths
+from modules.training.caches import cache_dir, check_cache_dir, prepare_caches
 from modules.training.data import build_dataset, torch_generator, training_sizes
 from modules.training.families import build_family, family_class
 from modules.training.models import check_training_sizes
@@ -186,6 +189,8 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
     folder = _find_checkpoint(resume, output_dir)
     if folder is None:
         _refuse_to_overwrite(output_dir)
+    if preset.data.cache_latents or preset.data.cache_text_embeddings:
+        check_cache_dir(cache_dir(preset))
     family_type = family_class(preset)
     loaded = (checkpoints.load_checkpoint(folder, rank, family_type.read_checkpoint_weights)
               if folder is not None else None)
@@ -260,6 +265,8 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
     say(f"model: {plan.model_type} ({preset.training.method}); device: {device}, processes: {world}, "
         f"mixed precision: {accelerator.mixed_precision}")
 
+    prepare_caches(preset, family, unwrapped, dataset, plan, rank, global_step, accelerator, say,
+                   progress_bar and is_main)
     config = preset.to_json_dict()
 
     def optimizer_state() -> dict:

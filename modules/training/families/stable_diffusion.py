@@ -11,7 +11,9 @@
 - Loss of a micro-batch, all draws from its generator in this order: caption
   dropout (`data.caption_dropout`), `vae.encode(pixels).latent_dist.sample`
   times `vae.config.scaling_factor`, noise (+ `training.noise_offset`),
-  timesteps; target epsilon or v_prediction; min-SNR weighting with
+  timesteps; target epsilon or v_prediction (the VAE encodes one image at a
+  time; with data.cache_latents its stored output is used instead, see
+  `modules.training.caches`); min-SNR weighting with
   `training.min_snr_gamma` (see `common`). The VAE and frozen text encoders
   run under no_grad.
 - `training.method` lora: peft LoRA (`lora.rank`, `alpha`, `dropout`,
@@ -35,6 +37,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from modules.captions import load_captions
 from modules.errors import ConfigError
@@ -97,14 +101,29 @@ class TextToImageLossModel(torch.nn.Module):
                 getattr(self, name).eval()
         return self
 
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The VAE's latent distribution parameters (mean and log-variance) of pixels (1, 3, H, W).
+
+        One image at a time, here and when the latent cache is built: a batched convolution may round
+        differently in the last bit, and training from the cache must equal training from the images.
+        """
+        return self.vae.encode(pixels.to(dtype=self.vae.encoder.conv_in.weight.dtype)).latent_dist.parameters
+
     def forward(self, batch, generator: torch.Generator) -> torch.Tensor:
         family = self.family[0]
         # A weight's device and dtype, not ModelMixin.device / .dtype: those walk every module on each call.
         device = self.unet.conv_in.weight.device
         captions = family.captions_of(batch, generator)
         with torch.no_grad():
-            pixels = batch.pixels.to(device, dtype=self.vae.encoder.conv_in.weight.dtype)
-            latents = self.vae.encode(pixels).latent_dist.sample(generator=generator)
+            if batch.latent_parameters is not None:  # data.cache_latents
+                parameters = batch.latent_parameters.to(device)
+            else:
+                parameters = torch.cat([self.encode_pixels(batch.pixels[index:index + 1].to(device))
+                                        for index in range(batch.size)])
+            # One memory layout in both paths (the VAE may return channels-last): the UNet's convolutions
+            # round by layout.
+            parameters = parameters.contiguous()
+            latents = DiagonalGaussianDistribution(parameters).sample(generator=generator)
             latents = latents * self.vae.config.scaling_factor
         noise, timesteps = draw_noise(latents.shape, family.noise_scheduler.config.num_train_timesteps, generator,
                                       family.preset.training.noise_offset)
@@ -140,6 +159,7 @@ class StableDiffusionFamily(Family):
         self.captions = load_captions(list_images(preset.data.path), preset.data.caption_extension,
                                       preset.data.default_caption)
         self.pipeline = self.load_pipeline(preset.model.path)
+        self.text_cache = None  # set by modules.training.caches with data.cache_text_embeddings
         self.noise_scheduler = self._noise_scheduler()
         self._set_up_training()
         self.model = TextToImageLossModel(self)
@@ -244,12 +264,35 @@ class StableDiffusionFamily(Family):
             cache.update(zip(new, ids))
         return torch.stack([cache[caption] for caption in captions]).to(device)
 
-    def encode(self, captions: list[str], batch, device):
-        """(encoder_hidden_states, added_cond_kwargs) for the UNet, as diffusers' train_text_to_image scripts."""
-        encoder = self.pipeline.text_encoder
+    def text_embeddings(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(encoder_hidden_states, pooled embeddings or None) of `captions`, as diffusers' train_text_to_image.
+
+        Frozen encoders embed one caption at a time (or read `text_cache`, made the same way), so that
+        training with data.cache_text_embeddings equals training without it to the last bit.
+        """
+        if self.train_text_encoders:
+            with torch.enable_grad():
+                return self.embed_texts(captions, device)
+        if self.text_cache is not None:
+            return self.text_cache.embeddings(captions, device)
+        with torch.no_grad():
+            parts = [self.embed_texts([caption], device) for caption in captions]
+        hidden = torch.cat([part[0] for part in parts])
+        pooled = None if parts[0][1] is None else torch.cat([part[1] for part in parts])
+        return hidden, pooled
+
+    def embed_texts(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The text encoder's last hidden states of `captions`; no pooled embeddings for SD 1.x / 2.x."""
         ids = self.tokenize(self.pipeline.tokenizer, captions, device)
-        with torch.enable_grad() if self.train_text_encoders else torch.no_grad():
-            return encoder(ids, return_dict=False)[0], None
+        return self.pipeline.text_encoder(ids, return_dict=False)[0], None
+
+    def text_embedding_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of one caption's `embed_texts` output: hidden states (tokens, width) [, pooled]."""
+        return {"hidden": (self.pipeline.tokenizer.model_max_length, self.pipeline.text_encoder.config.hidden_size)}
+
+    def encode(self, captions: list[str], batch, device):
+        """(encoder_hidden_states, added_cond_kwargs) for the UNet."""
+        return self.text_embeddings(captions, device)[0], None
 
     # --- parameters and weights -----------------------------------------------------
 

@@ -28,19 +28,30 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
     REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
     OPTIONAL_NONE = {}
 
-    def encode(self, captions: list[str], batch, device):
+    def embed_texts(self, captions: list[str], device):
         hidden_states = []
         pooled = None
-        with torch.enable_grad() if self.train_text_encoders else torch.no_grad():
-            for tokenizer_name, encoder_name in zip(self.TOKENIZERS, self.TEXT_ENCODERS):
-                ids = self.tokenize(getattr(self.pipeline, tokenizer_name), captions, device)
-                output = getattr(self.pipeline, encoder_name)(ids, output_hidden_states=True, return_dict=False)
-                pooled = output[0]
-                hidden = output[-1][-2]
-                hidden_states.append(hidden.view(hidden.shape[0], hidden.shape[1], -1))
-        encoder_hidden_states = torch.concat(hidden_states, dim=-1)
-        pooled = pooled.view(pooled.shape[0], -1)
-        time_ids = torch.tensor([list(original) + list(crop) + list(batch.target_size)
-                                 for original, crop in zip(batch.original_sizes, batch.crop_top_lefts)],
-                                device=device, dtype=encoder_hidden_states.dtype)
-        return encoder_hidden_states, {"text_embeds": pooled, "time_ids": time_ids}
+        for tokenizer_name, encoder_name in zip(self.TOKENIZERS, self.TEXT_ENCODERS):
+            ids = self.tokenize(getattr(self.pipeline, tokenizer_name), captions, device)
+            output = getattr(self.pipeline, encoder_name)(ids, output_hidden_states=True, return_dict=False)
+            pooled = output[0]
+            hidden = output[-1][-2]
+            hidden_states.append(hidden.view(hidden.shape[0], hidden.shape[1], -1))
+        return torch.concat(hidden_states, dim=-1), pooled.view(pooled.shape[0], -1)
+
+    def text_embedding_shapes(self) -> dict[str, tuple[int, ...]]:
+        width = self.pipeline.text_encoder.config.hidden_size + self.pipeline.text_encoder_2.config.hidden_size
+        return {"hidden": (self.pipeline.tokenizer.model_max_length, width),
+                "pooled": (self.pipeline.text_encoder_2.config.projection_dim,)}
+
+    def encode(self, captions: list[str], batch, device):
+        encoder_hidden_states, pooled = self.text_embeddings(captions, device)
+        return encoder_hidden_states, {"text_embeds": pooled, "time_ids": time_ids(batch, device,
+                                                                                   encoder_hidden_states.dtype)}
+
+
+def time_ids(batch, device=None, dtype=torch.float32) -> torch.Tensor:
+    """add_time_ids (B, 6) of a micro-batch: each image's original (h, w), crop (top, left), training (h, w)."""
+    return torch.tensor([list(original) + list(crop) + list(batch.target_size)
+                         for original, crop in zip(batch.original_sizes, batch.crop_top_lefts)],
+                        device=device, dtype=dtype)
