@@ -39,3 +39,12 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
     return value
+
+
+def write_output(path: str, writer) -> None:
+    """`writer(path)` after creating the folder; a failure to write is one line naming the file."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        writer(path)
+    except OSError as error:
+        raise ConfigError(f"cannot write '{path}': {error.strerror}") from None

@@ -15,7 +15,7 @@ trained here is thrown away. `--csv` writes `step,lr,loss,smoothed_loss`,
 import sys
 from pathlib import Path
 
-from _cli import OneLineArgumentParser, user_errors
+from _cli import OneLineArgumentParser, user_errors, write_output
 
 from modules.config import load_preset
 from modules.errors import ConfigError
@@ -54,24 +54,16 @@ def main(argv: list[str] | None = None) -> int:
         ended = result.stop_reason or f"ran all {args.steps} steps"
         print(f"{len(result.points)} steps, last lr {last.lr:.3g}: {ended}")
         if args.csv:
-            _write(args.csv, result.write_csv)
+            write_output(args.csv, result.write_csv)
             print(f"CSV written to {args.csv}")
         if args.png:
-            _write(args.png, lambda path: _save_png(result, path))
+            write_output(args.png, lambda path: _save_png(result, path))
             print(f"picture written to {args.png}")
         if result.lr_scale != 1.0:
             print(f"(optimizer.lr_scaling: the LR applied is optimizer.lr x {result.lr_scale:.4g}; "
                   f"for optimizer.lr use {result.suggested_optimizer_lr:.3g})")
         print(f"suggested lr: {result.suggested_lr:.3g}")
     return 0
-
-
-def _write(path: str, writer) -> None:
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        writer(path)
-    except OSError as error:
-        raise ConfigError(f"cannot write '{path}': {error.strerror}") from None
 
 
 def _save_png(result, path: str) -> None:

@@ -11,7 +11,7 @@ torch.
 import sys
 from pathlib import Path
 
-from _cli import OneLineArgumentParser, user_errors
+from _cli import OneLineArgumentParser, user_errors, write_output
 
 from modules.config import load_preset
 from modules.errors import ConfigError
@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         preview = build_preview(preset)
         print("\n".join(preview.report_lines()))
         if args.csv:
-            _write(args.csv, preview.curve.write_csv)
+            write_output(args.csv, preview.curve.write_csv)
             print(f"curve written to {args.csv}")
         if args.png:
-            _write(args.png, lambda path: _save_png(preview, path))
+            write_output(args.png, lambda path: _save_png(preview, path))
             print(f"picture written to {args.png}")
     return 0
 
@@ -53,14 +53,6 @@ def _check_output_file(path: str, flag: str, suffix: str | None) -> None:
         raise ConfigError(f"{flag}: '{path}' is a folder; give a file name{example}")
     if suffix and Path(path).suffix.lower() != suffix:
         raise ConfigError(f"{flag}: '{path}' must end in {suffix} (the picture is written as PNG)")
-
-
-def _write(path: str, writer) -> None:
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        writer(path)
-    except OSError as error:
-        raise ConfigError(f"cannot write '{path}': {error.strerror}") from None
 
 
 def _save_png(preview, path: str) -> None:
