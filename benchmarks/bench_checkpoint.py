@@ -34,7 +34,7 @@ TARGET_RATIO = 1.1
 def _models():
     from diffusers import UNet2DModel
 
-    from modules.training.models import tiny_unet
+    from modules.families.unet_models import tiny_unet
 
     yield "tiny UNet 32x32", lambda: tiny_unet(32)
     yield "UNet 64x64, channels (64, 128, 256)", lambda: UNet2DModel(

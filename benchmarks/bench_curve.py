@@ -29,10 +29,10 @@ from _report import print_rows  # benchmarks/ is on sys.path: the script's own f
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from modules.config import validate_preset  # noqa: E402
-from modules.preview import build_preview  # noqa: E402
-from modules.schedules import effective_multipliers  # noqa: E402
-from modules.step_plan import build_step_plan  # noqa: E402
+from modules.config.preset import validate_preset  # noqa: E402
+from modules.schedule.preview import build_preview  # noqa: E402
+from modules.schedule.shapes import effective_multipliers  # noqa: E402
+from modules.schedule.step_plan import build_step_plan  # noqa: E402
 
 TOTAL_STEPS = 1_000_000
 WARMUP_STEPS = 10_000
@@ -78,7 +78,7 @@ def ours_seconds(schedule_type: str) -> float:
 
 
 def _forget_custom_values() -> None:
-    from modules.custom_schedule import _evaluate
+    from modules.schedule.custom import _evaluate
 
     _evaluate.cache_clear()
 

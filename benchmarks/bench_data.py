@@ -26,7 +26,7 @@ takes a while on a small machine; the folders are rebuilt when incomplete.
    time. Target: ratio >= 0.95.
 4. Step time with cached latents (`data.cache_latents`, the cache built by
    an earlier run) against the same run decoding and encoding every image,
-   on the tiny SD pipeline (`modules.training.tiny_pipelines`) at 256 px:
+   on the tiny SD pipeline (`modules.families.tiny_pipelines`) at 256 px:
    LoRA, batch 4, 2 workers, flips, 24 captioned JPEGs; the median time
    between optimizer steps after the first two, best of alternating rounds.
    On CUDA it runs there; the notes give the share of each step the loop
@@ -93,7 +93,7 @@ def _images(count: int) -> Path:
 
 
 def _preset(images: Path, out: Path, resolution: int = TRAIN_RESOLUTION, **data):
-    from modules.config import validate_preset
+    from modules.config.preset import validate_preset
 
     return validate_preset({
         "model": {"config": "tiny", "resolution": resolution},
@@ -152,7 +152,7 @@ def _train_in_fresh_process(images: Path, cache: Path) -> tuple[float, float, fl
 def _replan_seconds(images: Path, cache: Path) -> tuple[float, float, float, float]:
     """CPU and wall seconds of the first count and of the best re-plan with the index warm
     (cold CPU, warm CPU, cold wall, warm wall) of `images` with buckets, in this process."""
-    from modules.step_plan import build_step_plan
+    from modules.schedule.step_plan import build_step_plan
 
     previous = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(cache)
@@ -206,9 +206,9 @@ def _throughput(images: Path, cache: Path) -> tuple[list[float], list[float]]:
     """Images per second of each round: (ours, baseline)."""
     import torch
 
-    from modules.image_listing import list_images
-    from modules.step_plan import build_step_plan
-    from modules.training.data import build_dataset
+    from modules.data.listing import list_images
+    from modules.schedule.step_plan import build_step_plan
+    from modules.data.datasets import build_dataset
 
     os.environ["XDG_CACHE_HOME"] = str(cache)
     paths = list_images(images)[:THROUGHPUT_IMAGES]
@@ -252,9 +252,9 @@ def _cache_run(pipeline: Path, images: Path, out: Path, cache: Path, cached: boo
 
     import torch
 
-    from modules.config import validate_preset
+    from modules.config.preset import validate_preset
     from modules.training import train
-    from modules.training.data import MicroBatchStream
+    from modules.data.datasets import MicroBatchStream
 
     preset = validate_preset({
         "model": {"path": str(pipeline), "resolution": CACHE_RESOLUTION},
@@ -295,7 +295,7 @@ def _cached_step_time() -> dict:
     import torch
     from PIL import Image
 
-    from modules.training.tiny_pipelines import build_tiny_pipeline
+    from modules.families.tiny_pipelines import build_tiny_pipeline
 
     with tempfile.TemporaryDirectory(prefix="bench_data_latents_") as folder:
         root = Path(folder)

@@ -3,7 +3,7 @@
     python benchmarks/bench_text_to_image.py        (or `make bench`, which runs every benchmark)
 
 Both sides train the same tiny Stable Diffusion pipeline (built from configs
-by `modules.training.tiny_pipelines`, random weights, seed 0) on the same 16
+by `modules.families.tiny_pipelines`, random weights, seed 0) on the same 16
 captioned images at 32 px, batch 4, no accumulation, a UNet LoRA of rank 4 on
 to_q/to_k/to_v/to_out.0 (alpha = rank, gaussian init), AdamW with a cosine
 schedule, gradients clipped to norm 1, CPU fp32, one torch thread:
@@ -71,7 +71,7 @@ def _make_data(folder: Path) -> None:
 
 
 def _preset(work: Path, total_steps: int):
-    from modules.config import validate_preset
+    from modules.config.preset import validate_preset
 
     return validate_preset({
         "model": {"type": "stable_diffusion", "path": str(work / "sd"), "resolution": RESOLUTION},
@@ -118,7 +118,7 @@ def _baseline_setup(work: Path):
     from peft import LoraConfig
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from modules.image_listing import list_images
+    from modules.data.listing import list_images
 
     folder = work / "sd"
     noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
@@ -142,7 +142,7 @@ def _baseline_setup(work: Path):
 
     def fetch(indices) -> tuple:
         """(pixel_values, input_ids) of `indices`, prepared on each fetch as the script's preprocess_train."""
-        from modules.training.data import load_image
+        from modules.data.datasets import load_image
 
         pixels = torch.stack([torch.from_numpy(load_image(files[index], RESOLUTION)[0]) for index in indices])
         pixels = pixels.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
@@ -195,11 +195,11 @@ def _checkpoints(work: Path) -> dict:
     """Best save time (s) and size (bytes) of one LoRA checkpoint, ours and the script's save_state."""
     import torch
 
-    from modules.lr_curve import build_lr_curve
-    from modules.step_plan import build_step_plan
+    from modules.schedule.lr_curve import build_lr_curve
+    from modules.schedule.step_plan import build_step_plan
     from modules.training import checkpoints
-    from modules.training.data import build_dataset, torch_generator
-    from modules.training.families import build_family
+    from modules.data.datasets import build_dataset, torch_generator
+    from modules.families.base import build_family
     from modules.training.optimizers import build_optimizer
 
     preset = _preset(work, 10)
@@ -262,7 +262,7 @@ def _checkpoints(work: Path) -> dict:
 def run() -> list[dict]:
     import torch
 
-    from modules.training.tiny_pipelines import build_tiny_pipeline
+    from modules.families.tiny_pipelines import build_tiny_pipeline
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

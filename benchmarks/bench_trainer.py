@@ -58,7 +58,7 @@ def _make_images(folder: Path) -> None:
 
 
 def _preset(work: Path, device: str, mixed_precision: str):
-    from modules.config import validate_preset
+    from modules.config.preset import validate_preset
 
     return validate_preset({
         "model": {"config": "tiny", "resolution": RESOLUTION},
@@ -122,9 +122,9 @@ def _baseline(work: Path, device: str, mixed_precision: str) -> tuple[float, flo
 
     import numpy as np
 
-    from modules.image_listing import list_images
-    from modules.training.data import load_image
-    from modules.training.models import tiny_unet
+    from modules.data.listing import list_images
+    from modules.data.datasets import load_image
+    from modules.families.unet_models import tiny_unet
 
     preset = _preset(work, device, mixed_precision)
     images = np.stack([load_image(path, RESOLUTION)[0] for path in list_images(preset.data.path)])

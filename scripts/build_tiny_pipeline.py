@@ -15,7 +15,7 @@ from pathlib import Path
 from _cli import OneLineArgumentParser, user_errors
 
 from modules.errors import ConfigError
-from modules.training.tiny_pipelines import TINY_PIPELINE_TYPES, build_tiny_pipeline
+from modules.families.tiny_pipelines import TINY_PIPELINE_TYPES, build_tiny_pipeline
 
 PROGRAM = "build_tiny_pipeline.py"
 

@@ -6,7 +6,7 @@ Writes `DOCS_FOLDER/schedules/<type>.png` (about 360 x 180 px) for every
 `scheduler.type`, plus `schedule_free.png`, and `DOCS_FOLDER/schedules.md`:
 each schedule's formula (SPEC §2), the preset fields it reads, the demo
 settings and the picture. Every curve comes from the production code
-(`modules.preview.build_preview` on a demo preset), so the pictures are
+(`modules.schedule.preview.build_preview` on a demo preset), so the pictures are
 what the trainer will do, not a redrawing of the formulas.
 """
 
@@ -20,8 +20,8 @@ import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from modules.config import SCHEDULER_TYPES, validate_preset  # noqa: E402
-from modules.preview import Preview, build_preview  # noqa: E402
+from modules.config.preset import SCHEDULER_TYPES, validate_preset  # noqa: E402
+from modules.schedule.preview import Preview, build_preview  # noqa: E402
 
 DEMO_IMAGES = 10
 """The demo plan: 10 images, batch 1, no accumulation, 10 epochs -> 100 optimizer steps."""
@@ -236,8 +236,8 @@ def write_page(docs: Path, pictures: dict[str, Path]) -> None:
         "status 2 and one line naming the key.",
         "",
         "These pictures are regenerated with `python scripts/draw_schedule_gallery.py`. The formulas above are",
-        "checked by `tests/test_schedules.py` (hand-worked points and the diffusers / transformers references at",
-        "every step), `tests/test_seed_failures.py` and `tests/test_properties.py`.",
+        "checked by `tests/schedule/test_schedules.py` (hand-worked points and the diffusers / transformers references at",
+        "every step), `tests/schedule/test_seed_failures.py` and `tests/schedule/test_properties.py`.",
         "",
     ]
     (docs / "schedules.md").write_text("\n".join(lines), encoding="utf-8")

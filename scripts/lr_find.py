@@ -17,7 +17,7 @@ from pathlib import Path
 
 from _cli import OneLineArgumentParser, user_errors, write_output
 
-from modules.config import load_preset
+from modules.config.preset import load_preset
 from modules.errors import ConfigError
 
 PROGRAM = "lr_find.py"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from _cli import OneLineArgumentParser, user_errors, write_output
 
-from modules.config import load_preset
+from modules.config.preset import load_preset
 from modules.errors import ConfigError
-from modules.preview import build_preview
+from modules.schedule.preview import build_preview
 
 PROGRAM = "preview.py"
 

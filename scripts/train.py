@@ -28,7 +28,7 @@ from pathlib import Path
 
 from _cli import EXIT_BAD_INPUT, OneLineArgumentParser, positive_int, user_errors
 
-from modules.config import load_preset
+from modules.config.preset import load_preset
 from modules.errors import ConfigError
 
 PROGRAM = "train.py"

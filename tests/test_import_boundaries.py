@@ -45,7 +45,7 @@ def test_the_check_catches_each_forbidden_import(tmp_path):
         sample.write_text(f"def later():\n    {statement}\n", encoding="utf-8")
         assert offending(imported_names(sample)), statement
     clean = tmp_path / "clean.py"
-    clean.write_text("import numpy\nfrom modules.schedules import SHAPES\nimport uio\n", encoding="utf-8")
+    clean.write_text("import numpy\nfrom modules.schedule.shapes import SHAPES\nimport uio\n", encoding="utf-8")
     assert offending(imported_names(clean)) == []
 
 
@@ -53,5 +53,5 @@ def test_the_schedule_maths_is_numpy_and_standard_library_only():
     import sys
 
     allowed = {"numpy", "dataclasses", "math", "typing", "__future__"}
-    names = imported_names(ROOT / "modules" / "schedules.py")
+    names = imported_names(ROOT / "modules" / "schedule" / "shapes.py")
     assert {name.split(".")[0] for name in names} <= allowed | set(sys.stdlib_module_names)

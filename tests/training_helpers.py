@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modules.config import validate_preset
+from modules.config.preset import validate_preset
 from tests.conftest import make_images
 
 

@@ -4,7 +4,7 @@ Used by `scripts/preview.py` (Agg, to PNG) and by the app's live preview
 (FigureCanvasTkAgg). One curve per parameter group; warmup shaded; epoch
 starts as thin lines, cycle starts dashed, checkpoints ticked along the
 bottom. Plans longer than `max_line_points` steps are drawn as a min/max
-band (`modules.preview.envelope`), so a one-step restart spike in a
+band (`modules.schedule.preview.envelope`), so a one-step restart spike in a
 million-step plan stays visible.
 
 `PreviewPlot` keeps its axes between redraws and only replaces the data
@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.ticker import EngFormatter, Formatter, MaxNLocator
 
-from modules.preview import Preview, envelope
+from modules.schedule.preview import Preview, envelope
 
 MAX_LINE_POINTS = 4000
 # The app's preview draws fewer bins: about two per horizontal pixel is all the eye can see.
@@ -141,7 +141,7 @@ class PreviewPlot:
         plan, curve = preview.plan, preview.curve
         total = plan.total_steps
         # lr[g][k] = base_lr[g] * f(k) with base_lr[g] > 0, so the envelope of f scales to every group.
-        # The effective factor is the applied one except for schedule-free optimizers (modules.lr_curve);
+        # The effective factor is the applied one except for schedule-free optimizers (modules.schedule.lr_curve);
         # the applied one is computed on the whole-plan fast path.
         multipliers = curve.effective_multipliers if plan.schedule.schedule_free else curve.applied_multipliers
         steps, low, high = envelope(multipliers, self.max_line_points)

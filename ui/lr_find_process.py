@@ -22,7 +22,7 @@ def run_lr_find(preset_json: dict, sweep: dict, events, stop_event) -> None:
     from modules.errors import ConfigError
 
     try:
-        from modules.config import validate_preset
+        from modules.config.preset import validate_preset
         from modules.training.lr_range_test import lr_range_test
 
         result = lr_range_test(validate_preset(preset_json), sweep["min_lr"], sweep["max_lr"], sweep["steps"],

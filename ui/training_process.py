@@ -80,7 +80,7 @@ def run_training(preset_json: dict, resume: bool | str | None, events, stop_even
     from modules.errors import ConfigError, PlanChangedError
 
     try:
-        from modules.config import validate_preset
+        from modules.config.preset import validate_preset
         from modules.training import train
 
         preset = validate_preset(preset_json)

@@ -3,7 +3,7 @@
 `train(preset, ...)` is the one entry point for the CLI (`scripts/train.py`)
 and the desktop app; see `modules.training.trainer` for the contract.
 `StepReport`, `TrainResult` and `train` are loaded on first use, so importing
-a submodule (`modules.training.models`, `.data`, ...) does not pull in the
+a submodule (`modules.families.unet_models`, `.data`, ...) does not pull in the
 trainer's dependencies (accelerate, tensorboard).
 """
 

@@ -286,9 +286,9 @@ def earlier_lr_rows(output_dir: Path, folder: Path, state: TrainingState, header
                 handle.readline()
                 yield from islice(handle, steps)
         return rows()
-    from modules.config import validate_preset
-    from modules.lr_curve import build_lr_curve
-    from modules.step_plan import build_step_plan
+    from modules.config.preset import validate_preset
+    from modules.schedule.lr_curve import build_lr_curve
+    from modules.schedule.step_plan import build_step_plan
 
     config_path = _required_file(Path(folder) / paths.CONFIG_FILE)
     try:

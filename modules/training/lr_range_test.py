@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from modules.config import ADAPTIVE_OPTIMIZERS, Preset
+from modules.config.preset import ADAPTIVE_OPTIMIZERS, Preset
 from modules.errors import ConfigError
-from modules.step_plan import build_step_plan
-from modules.training.data import build_dataset, torch_generator
-from modules.lr_curve import build_lr_curve
-from modules.training.families import build_family
+from modules.schedule.step_plan import build_step_plan
+from modules.data.datasets import build_dataset, torch_generator
+from modules.schedule.lr_curve import build_lr_curve
+from modules.families.base import build_family
 from modules.training.optimizers import build_optimizer
 
 DEFAULT_MIN_LR = 1e-7

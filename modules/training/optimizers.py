@@ -33,7 +33,7 @@ from contextlib import contextmanager
 
 import torch
 
-from modules.config import ADAPTIVE_OPTIMIZERS, DEFAULT_GROUP_NAME, SCHEDULE_FREE_OPTIMIZERS
+from modules.config.preset import ADAPTIVE_OPTIMIZERS, DEFAULT_GROUP_NAME, SCHEDULE_FREE_OPTIMIZERS
 from modules.errors import ConfigError
 
 

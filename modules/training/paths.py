@@ -4,7 +4,7 @@
         lr_plan.csv                      the plan's curve, written at the start of training
         tensorboard/                     SummaryWriter run folder (lr/<group>, loss/train, samples)
         samples/step-XXXXXXXX-N.png      optional samples
-        model/                           the final model in diffusers format (see modules.training.families):
+        model/                           the final model in diffusers format (see modules.families):
                                          unet: a DDPMPipeline folder; stable_diffusion(_xl): the pipeline
                                          folder (full) or pytorch_lora_weights + lora_kohya.safetensors (lora)
         checkpoints/step-XXXXXXXX/       one complete checkpoint per folder:

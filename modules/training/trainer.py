@@ -19,7 +19,7 @@ Contract (SPEC §1, §2, §4, §5, §6):
   (`dataset.stream`), from the resume position on; the count of workers
   changes no bit of the result. With data.cache_latents / cache_text_embeddings
   the caches are checked and completed before the first step
-  (`modules.training.caches`) and serve the VAE's and text encoders' output.
+  (`modules.data.caches`) and serve the VAE's and text encoders' output.
 - Only the main process writes TensorBoard, lr_plan.csv, samples, checkpoints
   and the final model; every process writes its own RNG state.
 - The launched world size must equal `training.num_processes` (the plan is
@@ -34,7 +34,7 @@ Contract (SPEC §1, §2, §4, §5, §6):
   that step on). A finished run is reported and returns finished=True.
 - A fresh run (no resume) refuses an output.dir that already holds a
   complete checkpoint or a final model: nothing of another run is replaced.
-- The model is a family (`modules.training.families`: unet, stable_diffusion,
+- The model is a family (`modules.families`: unet, stable_diffusion,
   stable_diffusion_xl): the loop calls its loss model, parameter components,
   checkpoint weights, final model and samples, and never names a model class.
 """
@@ -52,16 +52,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from modules.config import DEFAULT_GROUP_NAME, Preset
+from modules.config.preset import DEFAULT_GROUP_NAME, Preset
 from modules.errors import ConfigError, PlanChangedError
-from modules.lr_adapter import set_learning_rates
-from modules.lr_curve import build_lr_curve
-from modules.step_plan import build_step_plan, describe_changes
+from modules.training.lr_adapter import set_learning_rates
+from modules.schedule.lr_curve import build_lr_curve
+from modules.schedule.step_plan import build_step_plan, describe_changes
 from modules.training import checkpoints, paths
-from modules.training.caches import cache_dir, check_cache_dir, prepare_caches
-from modules.training.data import build_dataset, torch_generator, training_sizes
-from modules.training.families import build_family, family_class
-from modules.training.models import check_training_sizes
+from modules.data.caches import cache_dir, check_cache_dir, prepare_caches
+from modules.data.datasets import build_dataset, torch_generator, training_sizes
+from modules.families.base import build_family, family_class
+from modules.families.unet_models import check_training_sizes
 from modules.training.optimizers import (build_optimizer, effective_lrs, is_schedule_free, logged_lrs,
                                          schedule_free_eval)
 

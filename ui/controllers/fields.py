@@ -4,7 +4,7 @@ The views lay out one row per `FieldSpec`; the draft controller turns the
 text typed into a row into the JSON value the preset validator receives
 (`parse_text`) and back (`format_value`). Which scheduler fields a schedule
 type uses is decided here (`active_scheduler_keys`), from SPEC §2.
-Nothing here validates: `modules.config.validate_preset` and the step plan
+Nothing here validates: `modules.config.preset.validate_preset` and the step plan
 are the one validator.
 """
 
@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from modules.config import MODEL_CONFIGS, MODEL_TYPES, OPTIMIZER_TYPES, SCHEDULER_TYPES, TRAINING_METHODS
+from modules.config.preset import MODEL_CONFIGS, MODEL_TYPES, OPTIMIZER_TYPES, SCHEDULER_TYPES, TRAINING_METHODS
 
 NONE_CHOICE = "(none)"
 DURATION_HINT = 'steps, "10%" of the run or "1.5 epochs"'

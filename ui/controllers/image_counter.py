@@ -2,7 +2,7 @@
 
 `ImageCounter.lookup(folder)` answers at once: the count (or the
 ConfigError `list_images` raised) when it is known, else None after
-starting a worker thread that counts with `modules.image_listing.list_images`
+starting a worker thread that counts with `modules.data.listing.list_images`
 (the listing the data loader reads); a folder that does not exist is
 answered at once with its error. The view polls `collect()` from a Tk
 `after` callback; when it returns True a count arrived and the preview is
@@ -11,11 +11,11 @@ time, so editing other fields never walks 100,000 files again; `forget`
 drops a folder's entry (the "recount" button).
 
 `lookup_sizes(folder)` is the same for the image sizes that aspect-ratio
-buckets need (`modules.image_sizes.image_sizes`: the file headers, through
+buckets need (`modules.data.sizes.image_sizes`: the file headers, through
 the size index), a list of (width, height) in listing order.
 
 `CaptionCounter` is the same for captions: `lookup(folder, extension)`
-answers a `modules.captions.CaptionSummary` (how many of the folder's images
+answers a `modules.data.captions.CaptionSummary` (how many of the folder's images
 have a caption file), counted on a worker thread, cached per folder, its
 modification time (a caption added or removed changes it) and the extension.
 """
@@ -24,10 +24,10 @@ import os
 import threading
 from pathlib import Path
 
-from modules.captions import CaptionSummary, summarize_captions
+from modules.data.captions import CaptionSummary, summarize_captions
 from modules.errors import ConfigError
-from modules.image_listing import list_image_files, list_images
-from modules.image_sizes import image_sizes
+from modules.data.listing import list_image_files, list_images
+from modules.data.sizes import image_sizes
 
 Result = int | list[tuple[int, int]] | CaptionSummary | ConfigError
 COUNT, SIZES, CAPTIONS = "count", "sizes", "captions:"

@@ -11,7 +11,7 @@ scaling, so the LR the test found is the one training applies).
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from modules.step_plan import format_lr
+from modules.schedule.step_plan import format_lr
 from modules.training.lr_range_test import DEFAULT_MAX_LR, DEFAULT_MIN_LR, DEFAULT_STEPS, check_arguments
 
 

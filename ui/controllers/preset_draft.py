@@ -2,8 +2,8 @@
 
 `PresetDraft` holds the preset as a raw JSON dict, edited one field at a
 time (`set_text("scheduler.warmup", "10%")`). `evaluate()` runs the one
-validator (`modules.config.validate_preset`, then the step plan inside
-`modules.preview.build_preview`) and returns a `PreviewState`: the new
+validator (`modules.config.preset.validate_preset`, then the step plan inside
+`modules.schedule.preview.build_preview`) and returns a `PreviewState`: the new
 preview, or the validator's message and the key to mark, together with the
 last valid preview, which the view keeps showing. Images are counted by an
 `ImageCounter` (off the GUI thread, cached per folder), so an edit never
@@ -13,7 +13,7 @@ wait for that count. Switching `training.method` to "full" sets the lora
 section aside (a LoRA option with "full" is an error) and switching back to
 "lora" brings it back.
 
-Load and save use the same JSON as `scripts/train.py` (`modules.config`);
+Load and save use the same JSON as `scripts/train.py` (`modules.config.preset`);
 the curve exports are the CLI's (`LrCurve.write_csv`, `ui.curve_plot`).
 """
 
@@ -26,11 +26,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from modules.config import Preset, migrate, read_preset_file, save_preset, validate_preset
-from modules.captions import CaptionSummary
+from modules.config.preset import Preset, migrate, read_preset_file, save_preset, validate_preset
+from modules.data.captions import CaptionSummary
 from modules.errors import ConfigError
-from modules.model_types import TEXT_TO_IMAGE_TYPES
-from modules.preview import Preview, build_preview
+from modules.families.model_types import TEXT_TO_IMAGE_TYPES
+from modules.schedule.preview import Preview, build_preview
 from ui.controllers.fields import (
     ALL_FIELDS,
     PARAM_GROUP_FIELDS,

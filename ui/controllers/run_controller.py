@@ -15,7 +15,7 @@ previous run's plots (`plotted`).
 import copy
 from dataclasses import dataclass, field
 
-from modules.preview import Preview
+from modules.schedule.preview import Preview
 from ui.controllers.run_history import RunHistory
 
 MAX_LOG_LINES = 2000

@@ -13,7 +13,7 @@ import customtkinter as ctk
 from matplotlib.backends.backend_tkagg import FigureCanvasTkAgg
 from matplotlib.figure import Figure
 
-from modules.preview import bucket_lines
+from modules.schedule.preview import bucket_lines
 from ui.controllers.preset_draft import PreviewState
 from ui.curve_plot import APP_LINE_POINTS, PreviewPlot, make_preview_figure
 from ui.views.fields_panel import ERROR_COLOR, HINT_COLOR

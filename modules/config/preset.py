@@ -1,0 +1,590 @@
+"""The preset: one typed, validated configuration for GUI, CLI and trainer.
+
+A preset is JSON, `{"version": 1, "model": {...}, "data": {...},
+"training": {...}, "optimizer": {...}, "scheduler": {...}, "output": {...}}`.
+Any section or key may be left out: the defaults below fill it in (defaults
+are declared here and nowhere else). `load_preset` reads a file, migrates
+older versions, applies `--set section.key=value` overrides and validates.
+
+Every problem is raised as a `ConfigError` whose message is one line naming
+the key and what is allowed; a misspelt key suggests the nearest valid one.
+Checks that need the dataset or the total step count (warmup longer than
+the run, a drop_last that leaves no batch) live in `modules.schedule.step_plan`.
+
+Values are taken as written, never coerced: a JSON boolean is not a number,
+a string is not a number or a boolean, and NaN or infinity is no value at
+all. An integer is a fine value for a float field, an integral float (1e6)
+for an integer field, and a JSON list for a pair such as optimizer.betas or
+an entry of scheduler.steps.
+"""
+
+import difflib
+import json
+import re
+import types
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator, model_validator
+
+from modules.config.durations import DurationValue, parse_duration
+from modules.errors import ConfigError
+from modules.families.model_types import check_unet_options
+
+PRESET_VERSION = 1
+
+SchedulerType = Literal[
+    "constant",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "cosine_with_hard_restarts",
+    "polynomial",
+    "sine",
+    "rex",
+    "inverse_sqrt",
+    "warmup_stable_decay",
+    "piecewise_constant",
+    "custom",
+    "sequence",
+]
+OptimizerType = Literal[
+    "adamw", "sgd", "adamw_schedule_free", "radam_schedule_free", "prodigy", "dadapt_adam", "adamw_8bit"
+]
+ModelConfigName = Literal["tiny"]
+ModelType = Literal["auto", "unet", "stable_diffusion", "stable_diffusion_xl"]
+TrainingMethod = Literal["full", "lora"]
+
+# The allowed values, declared once above and listed here for the GUI and the tests.
+SCHEDULER_TYPES: tuple[str, ...] = get_args(SchedulerType)
+OPTIMIZER_TYPES: tuple[str, ...] = get_args(OptimizerType)
+MODEL_CONFIGS: tuple[str, ...] = get_args(ModelConfigName)
+MODEL_TYPES: tuple[str, ...] = get_args(ModelType)
+TRAINING_METHODS: tuple[str, ...] = get_args(TrainingMethod)
+DEFAULT_LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+SCHEDULE_FREE_OPTIMIZERS = ("adamw_schedule_free", "radam_schedule_free")
+ADAPTIVE_OPTIMIZERS = ("prodigy", "dadapt_adam")  # they scale `lr` by their own estimate d
+LR_SCALINGS = ("none", "linear", "sqrt")
+LR_SCALING_BY = ("global_batch", "batch", "accumulation")
+DEFAULT_GROUP_NAME = "unet"
+
+
+def _duration(value: Any, info) -> DurationValue:
+    parse_duration(value, info.field_name)  # syntax only; ConfigError is a ValueError
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _optional_duration(value: Any, info) -> DurationValue | None:
+    return None if value is None else _duration(value, info)
+
+
+Duration = Annotated[int | str, PlainValidator(_duration)]
+OptionalDuration = Annotated[int | str | None, PlainValidator(_optional_duration)]
+
+
+MAX_SEED = 2**64 - 1
+"""The largest training.seed: torch.manual_seed takes seeds up to 2**64 - 1."""
+
+
+def _as_written(value: Any) -> str:
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _check_uncoerced(value: Any, annotation: Any) -> None:
+    """Raise ConfigError where pydantic would coerce `value` into `annotation` (see the module docstring)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return  # durations: parse_duration checks their type itself
+    if origin in (Union, types.UnionType):
+        options = [option for option in get_args(annotation) if option is not type(None)]
+        if value is not None and len(options) == 1:
+            _check_uncoerced(value, options[0])
+        return
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        items = get_args(annotation)
+        if origin is list or (len(items) == 2 and items[1] is Ellipsis):
+            items = (items[0],) * len(value)
+        for item, item_type in zip(value, items):
+            _check_uncoerced(item, item_type)
+        return
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"must be a boolean, true or false (got {_as_written(value)})")
+    if annotation in (int, float) and isinstance(value, (bool, str)):
+        kind = "an integer" if annotation is int else "a number"
+        raise ConfigError(f"must be {kind}, not {'a boolean' if isinstance(value, bool) else 'a string'} "
+                          f"(got {_as_written(value)})")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _as_written(cls, value: Any, info) -> Any:
+        _check_uncoerced(value, cls.model_fields[info.field_name].annotation)
+        return value
+
+
+class ModelSection(Section):
+    type: ModelType = "auto"
+    path: str | None = None
+    config: ModelConfigName | None = None
+    resolution: int = Field(32, ge=8, le=4096)
+    prediction_type: Literal["epsilon", "v_prediction"] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.path and self.config:
+            raise ConfigError("set either model.path or model.config, not both", "model.path")
+        if self.config and self.type not in ("auto", "unet"):
+            raise ConfigError(f"built-in model.config '{self.config}' is a unet model, not {self.type}", "model.type")
+        if self.resolution % 8:
+            raise ConfigError(f"must be a multiple of 8, got {self.resolution}", "model.resolution")
+        return self
+
+    @property
+    def architecture(self) -> str:
+        """The built-in architecture to use when no folder is given."""
+        return self.config or ("tiny" if not self.path else "")
+
+
+class DataSection(Section):
+    path: str | None = None
+    repeats: int = Field(1, ge=1)
+    drop_last: bool = False
+    flip: bool = False
+    caption_extension: str = Field(".txt", min_length=1)
+    default_caption: str | None = None
+    caption_dropout: float = Field(0.0, ge=0, le=1)
+    buckets: bool = False
+    bucket_step: int = Field(64, ge=8)
+    bucket_max_aspect: float = Field(2.0, ge=1, le=8)
+    num_workers: int = Field(2, ge=0, le=64)
+    cache_latents: bool = False
+    cache_dir: str | None = None  # default: output.dir/cache
+    cache_text_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _bucket_step(self):
+        if self.bucket_step % 8:
+            raise ConfigError(f"must be a multiple of 8, got {self.bucket_step}", "data.bucket_step")
+        return self
+
+
+class TrainingSection(Section):
+    epochs: int | None = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    num_processes: int = Field(1, ge=1)
+    seed: int = Field(42, ge=0, le=MAX_SEED)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
+    max_grad_norm: float | None = Field(None, gt=0)
+    method: TrainingMethod = "full"
+    min_snr_gamma: float | None = Field(None, gt=0)
+    noise_offset: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _has_length(self):
+        if self.epochs is None and self.max_steps is None:
+            raise ConfigError("set training.epochs or training.max_steps", "training.epochs")
+        return self
+
+
+class ParamGroup(Section):
+    name: str = Field(min_length=1)
+    match: str = Field(min_length=1)
+    lr: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _valid_regex(self):
+        try:
+            re.compile(self.match)
+        except re.error as error:
+            raise ConfigError(f"{self.match!r} is not a regular expression: {error}", "match") from None
+        return self
+
+
+class LoraSection(Section):
+    rank: int = Field(16, ge=1)
+    alpha: float | None = Field(None, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES), min_length=1)
+
+    @property
+    def resolved_alpha(self) -> float:
+        """lora.alpha, or the rank when it is null (scale alpha / rank = 1)."""
+        return float(self.rank if self.alpha is None else self.alpha)
+
+
+class OptimizerSection(Section):
+    type: OptimizerType = "adamw"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    param_groups: list[ParamGroup] = Field(default_factory=list)
+    text_encoder_lr: float | None = Field(None, gt=0)
+    text_encoder_stop_after: OptionalDuration = None
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    lr_scaling_by: Literal["global_batch", "batch", "accumulation"] = "global_batch"
+    # prodigy / dadapt_adam (d_coef: prodigy only)
+    d_coef: float = Field(1.0, gt=0)
+    safeguard_warmup: bool = False
+    use_bias_correction: bool = False
+
+    @model_validator(mode="after")
+    def _groups(self):
+        names = [group.name for group in self.param_groups]
+        if DEFAULT_GROUP_NAME in names:
+            raise ConfigError(
+                f"the name '{DEFAULT_GROUP_NAME}' is reserved for the "
+                "parameters no group matches; use optimizer.lr for them",
+                "optimizer.param_groups",
+            )
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ConfigError(f"duplicate group name {duplicates[0]!r}", "optimizer.param_groups")
+        for beta in self.betas:
+            if not 0 <= beta < 1:
+                raise ConfigError(f"must lie in [0, 1), got {list(self.betas)}", "optimizer.betas")
+        return self
+
+    @property
+    def group_names(self) -> list[str]:
+        """Parameter-group names in optimizer order: the named groups, then 'unet'."""
+        return [group.name for group in self.param_groups] + [DEFAULT_GROUP_NAME]
+
+    @property
+    def base_lrs(self) -> list[float]:
+        return [group.lr for group in self.param_groups] + [self.lr]
+
+
+class Phase(Section):
+    """One phase of a `sequence` schedule: from the previous phase's end to `until`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True,
+                              serialize_by_alias=True)
+    shape: Literal["linear", "cosine", "constant"]
+    until: Duration
+    to: float | None = Field(None, ge=0)
+    start: float | None = Field(None, ge=0, alias="from")
+
+
+class SchedulerSection(Section):
+    type: SchedulerType = "constant"
+    warmup: Duration = 0
+    warmup_start_factor: float = Field(0.0, ge=0, le=1)
+    min_factor: float = Field(0.0, ge=0, lt=1)
+    cycles: float = Field(1.0, gt=0)
+    power: float = Field(1.0, gt=0)
+    period: OptionalDuration = None
+    timescale: OptionalDuration = None
+    decay: Duration = "20%"
+    decay_shape: Literal["linear", "cosine", "sqrt"] = "linear"
+    steps: list[tuple[Duration, float]] | None = None
+    function: str | None = None
+    phases: list[Phase] | None = None
+
+    @model_validator(mode="after")
+    def _shape_fields(self):
+        if self.type == "custom" and not self.function:
+            raise ConfigError('is required for custom: "path/to/file.py:name" or "package.module:name"',
+                              "scheduler.function")
+        if self.type == "sequence" and not self.phases:
+            raise ConfigError(
+                'is required for sequence: a list of {"shape", "until", "to"}, e.g. '
+                '[{"shape": "linear", "from": 0, "until": "5%", "to": 1}, {"shape": "cosine", "until": "100%", "to": 0}]',
+                "scheduler.phases",
+            )
+        if self.type in ("custom", "sequence") and parse_duration(self.warmup, "scheduler.warmup").amount != 0:
+            hint = "write the warmup as the first phase" if self.type == "sequence" else "the function gives every step"
+            raise ConfigError(f"must be 0 with the {self.type} schedule ({hint})", "scheduler.warmup")
+        if self.type == "cosine_with_hard_restarts" and (
+            self.cycles < 1 or not float(self.cycles).is_integer()
+        ):
+            raise ConfigError(
+                f"must be a whole number >= 1 for cosine_with_hard_restarts, got {self.cycles:g}",
+                "scheduler.cycles",
+            )
+        if self.type == "sine" and self.period is None:
+            raise ConfigError('is required for sine (a duration such as 200 or "0.5 epochs")', "scheduler.period")
+        if self.type == "piecewise_constant":
+            if not self.steps:
+                raise ConfigError(
+                    "is required for piecewise_constant: a list of [duration, multiplier], "
+                    'e.g. [[0, 1.0], ["50%", 0.1]]',
+                    "scheduler.steps",
+                )
+            if parse_duration(self.steps[0][0], "scheduler.steps").amount != 0:
+                raise ConfigError(f"the first boundary must be 0, got {self.steps[0][0]!r}", "scheduler.steps")
+            for boundary, multiplier in self.steps:
+                if not 0 <= multiplier <= 1:
+                    raise ConfigError(
+                        f"multiplier {multiplier:g} at {boundary!r} must lie in [0, 1] "
+                        "(it scales optimizer.lr; raise optimizer.lr for a higher peak)",
+                        "scheduler.steps",
+                    )
+        return self
+
+
+class OutputSection(Section):
+    dir: str = "output"
+    checkpoint_every: OptionalDuration = "1 epochs"
+    keep_checkpoints: int = Field(3, ge=1)
+    sample_every: OptionalDuration = None
+    sample_prompts: list[str] = Field(default_factory=list)
+
+
+class Preset(Section):
+    version: int = PRESET_VERSION
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+
+    @model_validator(mode="after")
+    def _combinations(self):
+        # A resolved preset holds the lora section's defaults, so only values other than the defaults count.
+        changed = [key for key in LoraSection.model_fields if getattr(self.lora, key) != getattr(LoraSection(), key)]
+        if self.training.method == "full" and changed:
+            first = changed[0]
+            raise ConfigError(f"is a LoRA option, but training.method is 'full' (set training.method to 'lora' "
+                              "or remove the lora section)", f"lora.{first}")
+        if self.optimizer.text_encoder_stop_after is not None and self.optimizer.text_encoder_lr is None:
+            raise ConfigError("needs optimizer.text_encoder_lr (the text encoders are frozen without it)",
+                              "optimizer.text_encoder_stop_after")
+        if self.model.type == "unet" or self.model.config:
+            check_unet_options(self)
+            for key in ("cache_latents", "cache_text_embeddings"):
+                if getattr(self.data, key):
+                    raise ConfigError("is for stable_diffusion and stable_diffusion_xl models; a unet model has no "
+                                      "VAE or text encoder to cache", f"data.{key}")
+        if self.data.cache_text_embeddings and self.optimizer.text_encoder_lr is not None:
+            raise ConfigError("needs frozen text encoders, but optimizer.text_encoder_lr trains them (unset it, or "
+                              "set data.cache_text_embeddings to false)", "data.cache_text_embeddings")
+        if self.optimizer.type in ADAPTIVE_OPTIMIZERS:
+            for index, group in enumerate(self.optimizer.param_groups):
+                if group.lr != self.optimizer.lr:
+                    raise ConfigError(
+                        f"is {group.lr:g} but {self.optimizer.type} trains every group at one LR (optimizer.lr "
+                        f"{self.optimizer.lr:g}; its d adapts it): set it equal or remove the group",
+                        f"optimizer.param_groups.{index}.lr")
+            if self.optimizer.text_encoder_lr is not None and self.optimizer.text_encoder_lr != self.optimizer.lr:
+                raise ConfigError(
+                    f"is {self.optimizer.text_encoder_lr:g} but {self.optimizer.type} trains every group at one LR "
+                    f"(optimizer.lr {self.optimizer.lr:g}; its d adapts it): set it equal", "optimizer.text_encoder_lr")
+            if self.optimizer.text_encoder_stop_after is not None:
+                raise ConfigError(
+                    f"cannot stop the text encoders with {self.optimizer.type}: it applies one d * lr to every group, "
+                    "so a group at LR 0 still moves (use adamw, or leave the text encoders frozen)",
+                    "optimizer.text_encoder_stop_after")
+        if self.data.buckets and self.data.bucket_step > self.model.resolution:
+            raise ConfigError(
+                f"{self.data.bucket_step} is larger than model.resolution {self.model.resolution}: "
+                "no bucket fits (lower data.bucket_step)", "data.bucket_step")
+        if self.optimizer.type in SCHEDULE_FREE_OPTIMIZERS:
+            if self.scheduler.type != "constant":
+                raise ConfigError(
+                    f"must be 'constant' with optimizer.type '{self.optimizer.type}' "
+                    f"(a schedule-free optimizer replaces the schedule), got '{self.scheduler.type}'",
+                    "scheduler.type",
+                )
+            if self.scheduler.warmup_start_factor != 0:
+                raise ConfigError(
+                    "must be 0 with a schedule-free optimizer (its own warmup starts at lr/warmup)",
+                    "scheduler.warmup_start_factor",
+                )
+            if self.optimizer.type == "radam_schedule_free" and parse_duration(
+                self.scheduler.warmup, "scheduler.warmup"
+            ).amount != 0:
+                raise ConfigError(
+                    "must be 0 with radam_schedule_free (RAdam's rectification is its warmup)",
+                    "scheduler.warmup",
+                )
+        return self
+
+    def to_json_dict(self) -> dict:
+        """The fully resolved preset, as it would be written to a JSON file."""
+        return self.model_dump(mode="json")
+
+
+# --- loading -----------------------------------------------------------------
+
+MIGRATIONS: dict[int, Any] = {}
+"""version -> function(dict) -> dict that upgrades a preset by one version."""
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Preset
+    list_item: type[BaseModel] | None = None  # set when the previous part named a list of sections
+    for part in loc:
+        if list_item is not None and isinstance(part, int):
+            model, list_item = list_item, None
+            continue
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        list_item = _list_item_model(annotation)
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
+
+
+def _list_item_model(annotation) -> type[BaseModel] | None:
+    """The section model of a `list[Section]` or `list[Section] | None` annotation, else None."""
+    for option in (annotation, *get_args(annotation)):
+        args = get_args(option)
+        if getattr(option, "__origin__", None) is list and args and isinstance(args[0], type) \
+                and issubclass(args[0], BaseModel):
+            return args[0]
+    return None
+
+
+def _error_line(error: ValidationError) -> ConfigError:
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    key = ".".join(str(part) for part in loc)
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = _field_names(parent) if parent else []
+        near = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        return ConfigError(f"unknown key{hint} (allowed: {', '.join(allowed)})", key)
+    message = first["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix) :]
+    cause = first.get("ctx", {}).get("error")
+    if kind == "value_error" and isinstance(cause, ConfigError):
+        # Cross-field checks name their own key: absolute ("scheduler.cycles") or,
+        # inside a list item, relative to it ("match" in optimizer.param_groups.0).
+        own = cause.key or ""
+        if loc and own == str(loc[-1]):
+            own = ""  # a field validator named its own field, which the location already holds
+        full = own if "." in own or not key else f"{key}.{own}" if own else key
+        return ConfigError(cause.args[0], full or None)
+    if kind == "literal_error":
+        message = "must be one of " + first["ctx"]["expected"]
+        allowed = re.findall(r"'([^']*)'", first["ctx"]["expected"])
+        near = difflib.get_close_matches(str(first.get("input")), allowed, n=1, cutoff=0.6)
+        if near:
+            return ConfigError(f"{first.get('input')!r} is not allowed; did you mean '{near[0]}'? ({message})", key)
+    elif message.startswith("Input should be"):
+        message = "must be" + message[len("Input should be") :]
+    got = first.get("input")
+    if kind not in ("missing", "model_attributes_type") and not isinstance(got, dict):
+        message += f" (got {json.dumps(got) if _jsonable(got) else repr(got)})"
+    return ConfigError(message[0].lower() + message[1:], key or None)
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def validate_preset(raw: dict) -> Preset:
+    """Validate a preset dict (partial or full); ConfigError on the first problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError("a preset must be a JSON object with sections model, data, training, ...")
+    raw = migrate(raw)
+    try:
+        return Preset.model_validate(raw)
+    except ValidationError as error:
+        raise _error_line(error) from None
+
+
+def migrate(raw: dict) -> dict:
+    """Upgrade an older preset to PRESET_VERSION, one version at a time."""
+    version = raw.get("version", PRESET_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ConfigError(f"must be a positive integer, got {version!r}", "version")
+    if version > PRESET_VERSION:
+        raise ConfigError(
+            f"preset version {version} is newer than this program supports ({PRESET_VERSION})", "version"
+        )
+    while version < PRESET_VERSION:
+        raw = MIGRATIONS[version](raw)
+        version += 1
+    return {**raw, "version": PRESET_VERSION}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (["section", "key"], value); the value is JSON if it parses, else a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE such as training.batch_size=2, got {text!r}")
+    key, value_text = text.split("=", 1)
+    path = [part for part in key.strip().split(".")]
+    if len(path) < 2 or not all(path):
+        raise ConfigError(f"--set key must be section.key such as scheduler.type, got {key.strip()!r}")
+    try:
+        value = json.loads(value_text)
+    except json.JSONDecodeError:
+        value = value_text
+    return path, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of `raw` with each `section.key=value` override set."""
+    result = json.loads(json.dumps(raw))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set {'.'.join(path)}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def read_preset_file(path: str | Path) -> dict:
+    """The raw JSON dict of a preset file; ConfigError if it is missing or not JSON."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"preset file '{path}' does not exist") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read preset file '{path}': {error.strerror}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"preset file '{path}' is not valid JSON: {error.msg} at line {error.lineno}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"preset file '{path}' must hold a JSON object")
+    return raw
+
+
+def load_preset(path: str | Path, overrides: list[str] | None = None) -> Preset:
+    """Read, migrate, override and validate a preset file."""
+    raw = migrate(read_preset_file(path))
+    return validate_preset(apply_overrides(raw, overrides or []))
+
+
+def save_preset(preset: Preset, path: str | Path) -> None:
+    """Write the resolved preset as JSON (atomically: a temporary file, then rename)."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(preset.to_json_dict(), indent=2) + "\n", encoding="utf-8")
+    temporary.replace(path)

@@ -1,0 +1,353 @@
+"""Training data: the step plan's image listing, read from disk as training goes, in the plan's micro-batches.
+
+Contract:
+- The files are `list_images(data.path)`, the listing the step plan counted.
+  Before training, the header of every file is read (`modules.data.sizes`,
+  through its size index): an unreadable one is a ConfigError naming its
+  path. Pixels are decoded only when their micro-batch is due (`stream`: a
+  torch DataLoader with `data.num_workers` workers, prefetching), so memory
+  does not grow with the number of images.
+- Each image is trained at one size: (resolution, resolution), or with
+  `data.buckets` its aspect-ratio bucket (`modules.data.buckets`). It is turned
+  upright (EXIF orientation), converted to RGB, resized to cover that size
+  (bicubic) and centre-cropped.
+- An epoch holds S = N * repeats samples; sample i shows image i % N. Its
+  order is drawn from (seed, epoch) only, so any process can rebuild it at
+  any time (resume needs no saved sampler state): a permutation, or with
+  buckets `modules.data.buckets.bucketed_epoch` (shuffled within buckets, the
+  micro-batches shuffled across buckets), flattened so that the slicing
+  below holds for both.
+- Micro-batch j of the epoch covers order positions [j*B*W, (j+1)*B*W);
+  process `rank` takes the B positions starting at j*B*W + rank*B. Without
+  buckets, positions past S wrap to the start of the order, so every process
+  has exactly M micro-batches, as the plan assumes (with drop_last, M is
+  floored and no position ever wraps); with buckets every row is already
+  one bucket's full micro-batch.
+- Randomness inside a micro-batch (horizontal flips here; noise and
+  timesteps in the trainer) is drawn from generators seeded with
+  (seed, global micro-batch index, rank): a resumed run draws the same
+  values, and which worker decodes a micro-batch changes nothing.
+- Everything about a sample except its pixels is known before decoding
+  (`sample_specs`: file, original size, training size, resized size, crop,
+  flip), so a cache can be keyed on it and serve stored results instead:
+  with `dataset.latent_cache` set (`modules.data.caches`), a micro-batch
+  carries the stored VAE latent parameters of its samples and no pixels.
+"""
+
+import multiprocessing
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from modules.data.buckets import assign_buckets, bucket_resolutions, bucketed_epoch, cover_and_crop, sample_buckets
+from modules.errors import ConfigError
+from modules.data.listing import list_images
+from modules.data.sizes import image_sizes, orientation, unreadable
+from modules.schedule.step_plan import StepPlan
+from modules.data.batch import MicroBatch
+
+# Different streams for the same (seed, micro-batch, rank): flips vs noise/timesteps.
+FLIP_STREAM = 1
+NOISE_STREAM = 2
+PREFETCH_MICRO_BATCHES_PER_WORKER = 4
+
+# EXIF orientation -> the transpose that makes the image upright (as PIL.ImageOps.exif_transpose).
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """One sample of a micro-batch, everything but its pixels. Sizes (height, width); crop (top, left)."""
+
+    path: Path
+    original_size: tuple[int, int]   # the file, upright
+    target_size: tuple[int, int]     # what training sees: (resolution, resolution) or the bucket
+    resized_size: tuple[int, int]    # after resizing to cover target_size
+    crop_top_left: tuple[int, int]   # of the centre crop in the resized image
+    flip: bool                       # mirrored left-right
+
+
+def decode(path: Path, target_size: tuple[int, int],
+           expected_size: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """(RGB uint8 array (height, width, 3) of `target_size`, original (height, width), crop (top, left)).
+
+    `expected_size` (height, width), when given, is what the header said: a file that decodes to
+    another size changed after the plan was made, a ConfigError.
+    """
+    target_height, target_width = target_size
+    try:
+        with Image.open(path) as image:
+            turn = UPRIGHT.get(orientation(image))
+            image = image.convert("RGB")
+            if turn is not None:
+                image = image.transpose(turn)
+            width, height = image.size
+            if expected_size is not None and (height, width) != tuple(expected_size):
+                raise ConfigError(f"image '{path}' changed after the plan was made: {width}x{height}, was "
+                                  f"{expected_size[1]}x{expected_size[0]} (start the run again)", "data.path")
+            size, (top, left) = cover_and_crop((width, height), (target_width, target_height))
+            if size != image.size:
+                image = image.resize(size, Image.Resampling.BICUBIC)
+            image = image.crop((left, top, left + target_width, top + target_height))
+            return np.asarray(image, dtype=np.uint8).copy(), (height, width), (top, left)
+    except ConfigError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise unreadable(path, error) from None
+
+
+def sample_pixels(specs: list[SampleSpec]) -> torch.Tensor:
+    """The samples decoded, flipped where their spec says: (B, 3, H, W) float32 in [-1, 1]."""
+    pixels = []
+    for spec in specs:
+        image = decode(spec.path, spec.target_size, spec.original_size)[0]
+        pixels.append(image[:, ::-1, :] if spec.flip else image)
+    batch = torch.from_numpy(np.ascontiguousarray(np.stack(pixels))).permute(0, 3, 1, 2).float()
+    return batch.div_(127.5).sub_(1.0)
+
+
+def load_image(path: Path, resolution: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """`decode` at (resolution, resolution): the shorter side resized to `resolution`, the centre cropped."""
+    return decode(path, (resolution, resolution))
+
+
+def micro_batch_seed(seed: int, global_micro_batch: int, rank: int, stream: int) -> list[int]:
+    """Entropy for numpy's SeedSequence: the same four numbers always give the same draws."""
+    return [int(seed), int(global_micro_batch), int(rank), int(stream)]
+
+
+def torch_generator(seed: int, global_micro_batch: int, rank: int, stream: int = NOISE_STREAM) -> torch.Generator:
+    """A CPU torch generator seeded from (seed, micro-batch, rank)."""
+    entropy = micro_batch_seed(seed, global_micro_batch, rank, stream)
+    value = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(value)
+
+
+class ImageDataset:
+    """The listing, every file's size (headers only), the epoch order and per-process sharding.
+
+    `bucket_step` set: aspect-ratio buckets of that step and `bucket_max_aspect`.
+    """
+
+    def __init__(self, folder, resolution: int, repeats: int = 1, flip: bool = False,
+                 bucket_step: int | None = None, bucket_max_aspect: float = 2.0):
+        self.paths = list_images(folder)
+        self.resolution = resolution
+        self.repeats = repeats
+        self.flip = flip
+        self.sizes = image_sizes(folder, self.paths)  # (width, height): the header check of every file
+        self.bucketed = bucket_step is not None
+        self.latent_cache = None  # set by modules.data.caches with data.cache_latents
+        if self.bucketed:
+            self.bucket_sizes = bucket_resolutions(resolution, bucket_step, bucket_max_aspect)  # (width, height)
+            self.image_buckets = assign_buckets(self.sizes, self.bucket_sizes)
+        else:
+            self.bucket_sizes = [(resolution, resolution)]
+            self.image_buckets = np.zeros(len(self.paths), dtype=np.int64)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.paths)
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return self.num_images * self.repeats
+
+    def bucket_counts(self) -> tuple[tuple[int, int, int], ...]:
+        """(width, height, images) of every bucket that holds images, as `StepPlan.buckets`."""
+        counts = np.bincount(self.image_buckets, minlength=len(self.bucket_sizes))
+        return tuple((width, height, int(count)) for (width, height), count in zip(self.bucket_sizes, counts)
+                     if count)
+
+    def epoch_order(self, seed: int, epoch: int, plan: StepPlan | None = None) -> np.ndarray:
+        """Sample indices of epoch `epoch` in training order, drawn from (seed, epoch) only.
+
+        With buckets the order depends on the micro-batch size and drop_last, so `plan` is required.
+        """
+        if not self.bucketed:
+            return np.random.default_rng([int(seed), int(epoch)]).permutation(self.samples_per_epoch)
+        table = bucketed_epoch(seed, epoch, sample_buckets(self.image_buckets, self.repeats),
+                               plan.samples_per_micro_batch, plan.drop_last)
+        return table.reshape(-1)
+
+    def micro_batch_samples(self, order: np.ndarray, plan: StepPlan, micro_batch: int, rank: int) -> np.ndarray:
+        """The sample indices process `rank` trains on in micro-batch `micro_batch` of the epoch."""
+        start = micro_batch * plan.samples_per_micro_batch + rank * plan.batch_size
+        positions = np.arange(start, start + plan.batch_size) % len(order)
+        return order[positions]
+
+    def sample_specs(self, order: np.ndarray, plan: StepPlan, micro_batch: int, rank: int, seed: int,
+                     global_micro_batch: int) -> list[SampleSpec]:
+        """Everything about the samples of one process's micro-batch except their pixels."""
+        images = [int(sample) % self.num_images for sample in self.micro_batch_samples(order, plan, micro_batch, rank)]
+        flips = [False] * len(images)
+        if self.flip:
+            rng = np.random.default_rng(micro_batch_seed(seed, global_micro_batch, rank, FLIP_STREAM))
+            flips = (rng.random(len(images)) < 0.5).tolist()
+        specs = []
+        for image, flip in zip(images, flips):
+            width, height = self.sizes[image]
+            target_width, target_height = self.bucket_sizes[self.image_buckets[image]]
+            (resized_width, resized_height), crop = cover_and_crop((width, height), (target_width, target_height))
+            specs.append(SampleSpec(self.paths[image], (height, width), (target_height, target_width),
+                                    (resized_height, resized_width), crop, bool(flip)))
+        return specs
+
+    def micro_batch(
+        self, order: np.ndarray, plan: StepPlan, micro_batch: int, rank: int, seed: int, global_micro_batch: int
+    ) -> MicroBatch:
+        """One process's part of one micro-batch: pixels (B, 3, H, W) in [-1, 1], files, sizes and crops."""
+        specs = self.sample_specs(order, plan, micro_batch, rank, seed, global_micro_batch)
+        targets = {spec.target_size for spec in specs}
+        if len(targets) != 1:  # the order guarantees it; a mixed batch could not be stacked anyway
+            raise RuntimeError(f"micro-batch {global_micro_batch} mixes training sizes {sorted(targets)}")
+        pixels = parameters = None
+        if self.latent_cache is not None:  # the VAE's output, stored: no pixel is decoded
+            parameters = self.latent_cache.latent_parameters(specs)
+        else:
+            pixels = sample_pixels(specs)
+        return MicroBatch(
+            pixels=pixels,
+            paths=[spec.path for spec in specs],
+            original_sizes=[spec.original_size for spec in specs],
+            crop_top_lefts=[spec.crop_top_left for spec in specs],
+            epoch=int(global_micro_batch // plan.micro_batches_per_epoch),
+            index=int(micro_batch),
+            global_index=int(global_micro_batch),
+            rank=int(rank),
+            latent_parameters=parameters,
+            pixel_size=specs[0].target_size,
+        )
+
+    def stream(self, plan: StepPlan, seed: int, rank: int, start_step: int, num_workers: int) -> "MicroBatchStream":
+        """This process's micro-batches from optimizer step `start_step` to the end of the plan, in order."""
+        return MicroBatchStream(self, plan, seed, rank, start_step, num_workers)
+
+
+def micro_batch_range(plan: StepPlan, start_step: int) -> range:
+    """Global micro-batch indices (epoch * M + index) that optimizer steps start_step .. T-1 train on.
+
+    The windows of consecutive steps are contiguous and never span an epoch, so this is one range.
+    """
+    if start_step >= plan.total_steps:
+        return range(0)
+
+    def first(step: int) -> int:
+        epoch, step_in_epoch = plan.position(step)
+        return epoch * plan.micro_batches_per_epoch + plan.micro_batch_window(step_in_epoch).start
+
+    last_epoch, last_step_in_epoch = plan.position(plan.total_steps - 1)
+    end = last_epoch * plan.micro_batches_per_epoch + plan.micro_batch_window(last_step_in_epoch).stop
+    return range(first(start_step), end)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A user error raised in a worker, carried to the training process as one line."""
+
+    message: str
+    key: str | None
+
+
+def _keep(item):
+    return item
+
+
+class _MicroBatchSource(torch.utils.data.Dataset):
+    """Map-style dataset: global micro-batch index -> this process's MicroBatch (the epoch order cached)."""
+
+    def __init__(self, dataset: ImageDataset, plan: StepPlan, seed: int, rank: int, length: int):
+        self.dataset, self.plan, self.seed, self.rank, self.length = dataset, plan, seed, rank, length
+        self._epoch, self._order = None, None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, global_micro_batch: int):
+        epoch, micro_batch = divmod(int(global_micro_batch), self.plan.micro_batches_per_epoch)
+        if self._epoch != epoch:
+            self._epoch, self._order = epoch, self.dataset.epoch_order(self.seed, epoch, self.plan)
+        try:
+            return self.dataset.micro_batch(self._order, self.plan, micro_batch, self.rank, self.seed,
+                                            global_micro_batch)
+        except ConfigError as error:
+            return _Failure(str(error.args[0]), error.key)
+
+
+class MicroBatchStream:
+    """The micro-batches one process trains on, decoded ahead by a torch DataLoader.
+
+    `num_workers` 0 decodes in the training process. Each item depends only on its global index
+    (see the module docstring), so the number of workers changes no bit of any batch.
+    """
+
+    def __init__(self, dataset: ImageDataset, plan: StepPlan, seed: int, rank: int, start_step: int,
+                 num_workers: int):
+        self.indices = micro_batch_range(plan, start_step)
+        self._next = self.indices.start
+        if multiprocessing.current_process().daemon:
+            num_workers = 0  # a daemonic process may not start workers; the batches are the same without
+
+        source = _MicroBatchSource(dataset, plan, seed, rank, self.indices.stop)
+        self._loader = torch.utils.data.DataLoader(
+            source, batch_size=None, sampler=self.indices, num_workers=num_workers, collate_fn=_keep,
+            prefetch_factor=PREFETCH_MICRO_BATCHES_PER_WORKER if num_workers else None,
+            # Its own generator: the loader draws worker seeds, never from the global torch RNG.
+            generator=torch.Generator().manual_seed(int(seed)),
+        )
+        self._iterator = None
+
+    def take(self, global_micro_batch: int) -> MicroBatch:
+        """The next micro-batch, which must be `global_micro_batch` (the trainer's own count)."""
+        if global_micro_batch != self._next:
+            raise RuntimeError(f"the training loop asked for micro-batch {global_micro_batch}, "
+                               f"the data stream is at {self._next}")
+        if self._iterator is None:
+            self._iterator = iter(self._loader)
+        item = next(self._iterator)
+        if isinstance(item, _Failure):
+            self.close()
+            raise ConfigError(item.message, item.key)
+        self._next += 1
+        return item
+
+    def close(self) -> None:
+        """Stop the workers (a stopped or failed run)."""
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+
+def build_dataset(preset, plan: StepPlan) -> ImageDataset:
+    """The dataset of `preset` (headers read); ConfigError if it no longer matches the plan's count."""
+    data = preset.data
+    dataset = ImageDataset(data.path, preset.model.resolution, data.repeats, data.flip,
+                           bucket_step=data.bucket_step if data.buckets else None,
+                           bucket_max_aspect=data.bucket_max_aspect)
+    if dataset.num_images != plan.num_images:
+        raise ConfigError(
+            f"the dataset changed while starting: {dataset.num_images} images, the plan counted {plan.num_images}",
+            "data.path",
+        )
+    if dataset.bucketed and dataset.bucket_counts() != plan.buckets:
+        raise ConfigError("the dataset changed while starting: its images fall into other buckets than the "
+                          "plan counted (start the run again)", "data.path")
+    return dataset
+
+
+def training_sizes(dataset: ImageDataset) -> list[tuple[int, int]]:
+    """(height, width) of every size the model will be trained at."""
+    return [(height, width) for width, height, _ in dataset.bucket_counts()] if dataset.bucketed else \
+        [(dataset.resolution, dataset.resolution)]
+

@@ -1,0 +1,107 @@
+"""Model families: what the training loop needs to know about a model, behind one interface.
+
+The loop (`modules.training.trainer`) is generic: it never names a model
+class. Each family is one module here with one `Family` subclass:
+
+    unet                 a diffusers UNet2DModel trained as DDPM (model.config "tiny" or a DDPM folder)
+    stable_diffusion     StableDiffusionPipeline folders (SD 1.x / 2.x), LoRA or full
+    stable_diffusion_xl  StableDiffusionXLPipeline folders, LoRA or full
+
+The seam, in the order the loop uses it:
+
+- `family_class(preset)` -> the class; `Cls.read_checkpoint_weights(folder)`
+  reads a checkpoint's trainable weights (ConfigError naming a missing or
+  damaged file) before anything is built, so a resume checks every file first.
+- `Cls(preset, plan)` loads the model from `model.path` (local files only) or
+  builds it, and sets up what trains (LoRA adapters, frozen parts).
+- `family.model`: the one `torch.nn.Module` accelerate prepares (and wraps in
+  DDP). Its forward is the loss of one micro-batch:
+  `model(micro_batch, generator) -> scalar fp32 loss`, where `generator` is
+  the micro-batch's seeded CPU generator (seed, global micro-batch, rank): every
+  random draw of the loss (caption dropout, VAE sample, noise, timesteps)
+  comes from it, so a resumed run repeats them. Frozen parts run under no_grad.
+- `family.parameter_components()`: [(group name, [(parameter name, parameter)])]
+  of the trainable parameters, in optimizer order: `unet` first (the named
+  regex groups of `optimizer.param_groups` match inside it), then
+  `text_encoder`, `text_encoder_2` where they train.
+- `family.trainable_state_dict()` / `load_trainable_state_dict(weights)`:
+  exactly the trained tensors (a LoRA: the adapters), for checkpoints and the
+  schedule-free train-mode copy; loading raises RuntimeError when they do not fit.
+- `family.save_checkpoint_weights(folder)`: the trainable weights into a
+  checkpoint folder (what `read_checkpoint_weights` reads back).
+- `family.save_final_model(folder)`: the final model in diffusers format.
+- `family.sample(seed)`: images (N, H, W, 3) in [0, 1] for output.samples
+  (the loop switches schedule-free optimizers to eval mode around it).
+- `family.size_multiple()`: the pixel multiple every training height and
+  width must be (aspect-ratio buckets), or None when the model takes only
+  square `model.resolution` input; `family.name` names it in errors.
+- `family.cast_for_mixed_precision(dtype)`: on CUDA with fp16/bf16, frozen
+  weights in `dtype`, trainable ones kept in fp32 (diffusers' cast_training_params).
+
+A new family is one new module here plus its tests.
+"""
+
+from pathlib import Path
+
+import torch
+
+from modules.errors import ConfigError
+from modules.families.model_types import STABLE_DIFFUSION, STABLE_DIFFUSION_XL, UNET, resolve_model_type
+
+
+class Family:
+    """The interface; see the module docstring. Subclasses set `model` in __init__."""
+
+    model: torch.nn.Module
+    name: str = "model"
+
+    @staticmethod
+    def read_checkpoint_weights(folder: Path) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def parameter_components(self) -> list[tuple[str, list[tuple[str, torch.nn.Parameter]]]]:
+        raise NotImplementedError
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def load_trainable_state_dict(self, weights: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def save_checkpoint_weights(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def save_final_model(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def sample(self, seed: int):
+        raise NotImplementedError
+
+    def size_multiple(self) -> int | None:
+        """Default: only square input."""
+        return None
+
+    def cast_for_mixed_precision(self, dtype: torch.dtype) -> None:
+        """Default: nothing to cast (accelerate's autocast does the rest)."""
+
+
+def family_class(preset) -> type[Family]:
+    """The Family subclass for `preset` (model.type, `auto` resolved from the folder)."""
+    model_type = resolve_model_type(preset.model)
+    if model_type == UNET:
+        from modules.families.unet import UnetFamily
+
+        return UnetFamily
+    if model_type == STABLE_DIFFUSION:
+        from modules.families.stable_diffusion import StableDiffusionFamily
+
+        return StableDiffusionFamily
+    if model_type == STABLE_DIFFUSION_XL:
+        from modules.families.stable_diffusion_xl import StableDiffusionXLFamily
+
+        return StableDiffusionXLFamily
+    raise ConfigError(f"unknown model type {model_type!r}", "model.type")
+
+
+def build_family(preset, plan) -> Family:
+    return family_class(preset)(preset, plan)

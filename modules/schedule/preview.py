@@ -1,0 +1,119 @@
+"""What a preview shows, computed from the production plan and curve.
+
+The CLI (`scripts/preview.py`), the desktop app and the trainer's
+`lr_plan.csv` all go through `build_preview`, so the preview is the
+training schedule, not a copy of it. Pure NumPy: no torch, no GUI.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from modules.data.captions import summarize_captions
+from modules.config.preset import ADAPTIVE_OPTIMIZERS, Preset
+from modules.data.listing import list_images
+from modules.families.model_types import TEXT_TO_IMAGE_TYPES
+from modules.schedule.lr_curve import LrCurve, build_lr_curve
+from modules.schedule.step_plan import StepPlan, build_step_plan
+
+
+@dataclass(frozen=True)
+class Preview:
+    preset: Preset
+    plan: StepPlan
+    curve: LrCurve
+
+    @property
+    def notes(self) -> list[str]:
+        """What the curve cannot show (not a mistake, so not a warning)."""
+        optimizer = self.preset.optimizer.type
+        if optimizer in ADAPTIVE_OPTIMIZERS:
+            return [f"{optimizer} multiplies this curve by its own d, learnt while training: the LR it really "
+                    "applies (d x lr x f(k)) is logged as lr_effective/<group> and drawn on the app's Run tab"]
+        return []
+
+    def report_lines(self, max_listed: int = 12) -> list[str]:
+        """The plan as a short readable summary (what `scripts/preview.py` prints)."""
+        plan = self.plan
+
+        def listing(steps: list[int] | tuple[int, ...]) -> str:
+            if not steps:
+                return "none"
+            shown = ", ".join(str(step) for step in steps[:max_listed])
+            return shown + (f", ... ({len(steps)} in all)" if len(steps) > max_listed else "")
+
+        processes = f" x {plan.num_processes} processes" if plan.num_processes > 1 else ""
+        drop = ", drop_last" if plan.drop_last else ""
+        length = f"{plan.num_epochs} epoch{'s' * (plan.num_epochs != 1)}"
+        if plan.max_steps is not None:
+            length = f"max_steps; {length} touched"
+        table = self.curve.effective_table()
+        every = getattr(plan.checkpoint_steps, "every", None)
+        checkpoint_note = f"(every {every} step{'s' * (every != 1)} and the last step)" if every else "(the last step)"
+        lines = [
+            plan.summary(),
+            f"  images            {plan.num_images} x {plan.repeats} repeat{'s' * (plan.repeats != 1)} = "
+            f"{plan.samples_per_epoch} samples per epoch",
+            *self.caption_lines(),
+            f"  micro-batches     {plan.micro_batches_per_epoch} per epoch per process "
+            f"(batch {plan.batch_size}{processes}{drop}"
+            + (", one bucket each" if plan.buckets else "") + ")",
+            *bucket_lines(plan, max_listed),
+            f"  steps per epoch   {plan.steps_per_epoch} (accumulation {plan.gradient_accumulation_steps})",
+            f"  total steps       {plan.total_steps} ({length})",
+            f"  warmup steps      {plan.warmup_steps}",
+            f"  schedule          {plan.schedule.type}"
+            + (f" (optimizer {plan.schedule.schedule_free})" if plan.schedule.schedule_free else ""),
+            f"  cycle boundaries  {listing(plan.cycle_starts)}",
+            f"  checkpoints at    {listing(plan.checkpoint_steps)} {checkpoint_note}",
+        ]
+        for index, name in enumerate(self.curve.group_names):
+            column = table[:, index]
+            lines.append(
+                f"  lr/{name:<14} peak {column.max():.4g}, first {column[0]:.4g}, last {column[-1]:.4g}"
+            )
+        lines.extend(f"note: {note}" for note in self.notes)
+        if plan.warnings:
+            lines.append("warnings:")
+            lines.extend(f"  - {warning}" for warning in plan.warnings)
+        return lines
+
+    def caption_lines(self) -> list[str]:
+        """Text-to-image models: how many images have a caption file (the plan itself never depends on it)."""
+        data = self.preset.data
+        if self.plan.model_type not in TEXT_TO_IMAGE_TYPES or not data.path:
+            return []
+        summary = summarize_captions(list_images(data.path), data.caption_extension)
+        return [f"  captions          {summary.describe(data.default_caption)}"]
+
+
+def bucket_lines(plan: StepPlan, max_listed: int = 12) -> list[str]:
+    """The aspect-ratio buckets as 'WIDTHxHEIGHT x IMAGES', the fullest first (none without buckets)."""
+    if not plan.buckets:
+        return []
+    fullest = sorted(plan.buckets, key=lambda bucket: (-bucket[2], bucket[0] / bucket[1]))
+    shown = [f"{width}x{height} x {images}" for width, height, images in fullest[:max_listed]]
+    more = f", ... ({len(fullest)} in all)" if len(fullest) > max_listed else ""
+    return [f"  buckets           {len(plan.buckets)} (resolution x images): {', '.join(shown)}{more}"]
+
+
+def build_preview(preset: Preset, num_images: int | None = None,
+                  image_sizes: list[tuple[int, int]] | None = None) -> Preview:
+    plan = build_step_plan(preset, num_images, image_sizes)
+    return Preview(preset, plan, build_lr_curve(plan, preset.optimizer))
+
+
+def envelope(values: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Min/max of `values` over up to `max_points` equal bins: (bin start steps, low, high).
+
+    Long plans are drawn as this band, so a one-step restart spike in a
+    million-step plan stays visible.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    count = values.shape[0]
+    if count <= max_points:
+        steps = np.arange(count)
+        return steps, values, values
+    edges = np.linspace(0, count, max_points + 1).astype(np.int64)
+    starts = edges[:-1]
+    return starts, np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts)
