@@ -31,13 +31,14 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from modules.data.buckets import assign_buckets, bucket_resolutions, micro_batches_per_bucket
 from modules.config.preset import DEFAULT_GROUP_NAME, SCHEDULE_FREE_OPTIMIZERS, Preset
 from modules.config.durations import parse_duration
+from modules.data.checks import check_dataset
 from modules.errors import ConfigError
 from modules.data.listing import list_image_files
 from modules.data.sizes import image_sizes as read_image_sizes
@@ -320,6 +321,7 @@ def build_step_plan(preset: Preset, num_images: int | None = None,
     """The plan for `preset`. Counts the dataset folder unless `num_images` (or, with buckets,
     `image_sizes`: (width, height) of every image in listing order) is given."""
     data, training, scheduler = preset.data, preset.training, preset.scheduler
+    dataset_warnings = check_dataset(preset) if num_images is None and image_sizes is None else []
     if data.buckets and image_sizes is None:
         image_sizes = dataset_image_sizes(preset)
     if image_sizes is not None:
@@ -465,7 +467,8 @@ def build_step_plan(preset: Preset, num_images: int | None = None,
         lr_scale_note=lr_scale_note,
         buckets=buckets,
     )
-    return _with_warnings(plan, preset)
+    plan = _with_warnings(plan, preset)
+    return replace(plan, warnings=tuple(dataset_warnings) + plan.warnings) if dataset_warnings else plan
 
 
 def _with_warnings(plan: StepPlan, preset: Preset) -> StepPlan:
