@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: setup demo lr-find test gui bench xvfb clean
+.PHONY: setup demo lr-find test test-fast gui bench xvfb clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ lr-find: setup
 
 test: setup xvfb
 	$(PY) -m pytest
+
+# Everyday work: every test that trains no model and opens no window (under 2 minutes).
+test-fast: export OMP_NUM_THREADS = 1
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 gui: setup
 	$(PY) main.py
