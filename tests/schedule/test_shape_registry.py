@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modules.config.preset import SCHEDULER_TYPES, SchedulerSection, validate_preset
+from modules.config.preset import SCHEDULE_FREE_OPTIMIZERS, SCHEDULER_TYPES, SchedulerSection, validate_preset
 from modules.schedule import custom as custom_function
 from modules.schedule.lr_curve import build_lr_curve
-from modules.schedule.shapes import SHAPES, ResolvedSchedule, Shape, applied_multipliers, cycle_starts
+from modules.schedule.shapes import SCHEDULE_FREE, SHAPES, ResolvedSchedule, Shape, applied_multipliers, cycle_starts
 from modules.schedule.shapes.base import g, remaining
 from modules.schedule.step_plan import build_step_plan
 
@@ -25,6 +25,13 @@ def test_every_scheduler_type_is_one_registered_shape_and_nothing_else():
     assert sorted(SHAPES) == sorted(SCHEDULER_TYPES)
     for name, shape in SHAPES.items():
         assert isinstance(shape, Shape) and shape.name == name
+
+
+def test_every_schedule_free_optimizer_has_its_effective_curve():
+    assert sorted(SCHEDULE_FREE) == sorted(SCHEDULE_FREE_OPTIMIZERS)
+    schedule = ResolvedSchedule(type="constant", total_steps=6, warmup_steps=3, schedule_free="adamw_schedule_free")
+    assert SCHEDULE_FREE["adamw_schedule_free"].effective(schedule, np.arange(6)).tolist() == [
+        1 / 3, 2 / 3, 1.0, 1.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))

@@ -14,10 +14,10 @@ them `applied_multipliers` is 1 and `effective_multipliers` is what the optimize
 
 from modules.schedule.shapes.base import ResolvedSchedule, Shape, identity_fields
 from modules.schedule.shapes.curve import applied_multipliers, cycle_starts, effective_multipliers
-from modules.schedule.shapes.registry import SHAPES, get_shape
+from modules.schedule.shapes.registry import SHAPES
 from modules.schedule.shapes.schedule_free import SCHEDULE_FREE, _radam_unsettled_steps, radam_rectification
 
 __all__ = [
     "SCHEDULE_FREE", "SHAPES", "ResolvedSchedule", "Shape", "_radam_unsettled_steps", "applied_multipliers",
-    "cycle_starts", "effective_multipliers", "get_shape", "identity_fields", "radam_rectification",
+    "cycle_starts", "effective_multipliers", "identity_fields", "radam_rectification",
 ]

@@ -37,7 +37,3 @@ SHAPES: dict[str, Shape] = {
     )
 }
 
-
-def get_shape(name: str) -> Shape:
-    """The shape registered as `name` (KeyError for an unknown one: the preset model allows only these)."""
-    return SHAPES[name]
