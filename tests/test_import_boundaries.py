@@ -49,9 +49,32 @@ def test_the_check_catches_each_forbidden_import(tmp_path):
     assert offending(imported_names(clean)) == []
 
 
-def test_the_schedule_maths_is_numpy_and_standard_library_only():
+SCHEDULE_MATHS = sorted((ROOT / "modules" / "schedule" / "shapes").glob("*.py")) + [
+    ROOT / "modules" / "schedule" / "custom.py"]
+# The project modules the schedule maths may use: itself, the user-function loader and the error type.
+SCHEDULE_MATHS_PROJECT = ("modules.schedule.shapes", "modules.schedule.custom", "modules.errors")
+
+
+def test_the_schedule_maths_files_are_there():
+    names = {path.name for path in SCHEDULE_MATHS}
+    assert {"base.py", "registry.py", "curve.py", "cosine.py", "custom.py", "sequence.py"} <= names
+
+
+@pytest.mark.parametrize("path", SCHEDULE_MATHS, ids=[p.relative_to(ROOT).as_posix() for p in SCHEDULE_MATHS])
+def test_the_schedule_maths_is_numpy_and_standard_library_only(path):
     import sys
 
     allowed = {"numpy", "dataclasses", "math", "typing", "__future__"}
-    names = imported_names(ROOT / "modules" / "schedule" / "shapes.py")
-    assert {name.split(".")[0] for name in names} <= allowed | set(sys.stdlib_module_names)
+    names = imported_names(path)
+    outside = {name for name in names if not name.startswith(SCHEDULE_MATHS_PROJECT)}
+    assert {name.split(".")[0] for name in outside} <= allowed | set(sys.stdlib_module_names)
+
+
+def test_the_schedule_maths_rule_catches_a_config_or_torch_import(tmp_path):
+    import sys
+
+    for statement in ("import torch", "from modules.config.preset import Preset", "import pydantic"):
+        sample = tmp_path / "sample.py"
+        sample.write_text(statement + "\n", encoding="utf-8")
+        names = {name for name in imported_names(sample) if not name.startswith(SCHEDULE_MATHS_PROJECT)}
+        assert {name.split(".")[0] for name in names} - {"numpy"} - set(sys.stdlib_module_names), statement

@@ -12,8 +12,10 @@ broadcast). It owns the whole curve: warmup and min_factor do not apply.
 `source_digest` is the SHA-256 of the file the function lives in: it is part
 of the step plan's identity, so a resume refuses an edited function.
 `multipliers` loads, calls and checks once per (function, digest, T) and
-keeps the result (read-only), so the plan, the preview and the trainer share
-one evaluation. Every failure is a ConfigError naming the function and the
+keeps the result (read-only) for plans built again from the same preset. The
+step plan puts the values in its resolved schedule
+(`ResolvedSchedule.custom_values`, by `modules.schedule.shapes.custom`), so the
+curve of a plan needs neither this cache nor the file. Every failure is a ConfigError naming the function and the
 problem, keyed `scheduler.function`.
 """
 

@@ -1,0 +1,28 @@
+"""cosine_with_restarts: `scheduler.cycles` smooth cosine waves between 1 and min_factor after warmup."""
+
+import numpy as np
+
+from modules.schedule.shapes.base import Shape, g, half_cosine_wave, progress
+
+
+class CosineWithRestarts(Shape):
+    """Smooth waves: f = g(0.5 * (1 + cos(2 * pi * c * p)))"""
+
+    name = "cosine_with_restarts"
+    reads = ("min_factor", "cycles")
+
+    def multipliers(self, schedule, k):
+        return g(schedule, half_cosine_wave(progress(schedule, k), np.pi * float(schedule.cycles) * 2.0))
+
+    def warnings(self, schedule):
+        messages = super().warnings(schedule)
+        decay_steps = max(1, schedule.total_steps - schedule.warmup_steps)
+        if decay_steps / schedule.cycles < 2:
+            messages.append(f"{schedule.cycles:g} cycles over {decay_steps} steps leaves fewer than 2 steps per cycle")
+        return messages
+
+    def cycle_starts(self, schedule):
+        """Where floor(c * p) steps up: the same expression the curve uses, so the marks fall on the jumps."""
+        k = np.arange(schedule.warmup_steps, schedule.total_steps, dtype=np.int64)
+        cycle_index = np.floor(float(schedule.cycles) * progress(schedule, k))
+        return [int(step) for step in k[1:][np.diff(cycle_index) > 0]]
