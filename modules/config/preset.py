@@ -7,9 +7,13 @@ are declared here and nowhere else). `load_preset` reads a file, migrates
 older versions, applies `--set section.key=value` overrides and validates.
 
 Every problem is raised as a `ConfigError` whose message is one line naming
-the key and what is allowed; a misspelt key suggests the nearest valid one.
-Checks that need the dataset or the total step count (warmup longer than
-the run, a drop_last that leaves no batch) live in `modules.schedule.step_plan`.
+the key and what is allowed; a misspelt key suggests the nearest valid one,
+and a key in the wrong section the section it belongs to (`training.lr` ->
+'optimizer.lr'). A UTF-8 byte order mark at the start of a file is accepted.
+Checks that need the file system or the dataset (an optimizer for another
+device, an output folder inside the dataset, unreadable images, captions)
+live in `modules.data.checks`; those that need the total step count (warmup
+longer than the run, a drop_last that leaves no batch) in `modules.schedule.step_plan`.
 
 Values are taken as written, never coerced: a JSON boolean is not a number,
 a string is not a number or a boolean, and NaN or infinity is no value at
