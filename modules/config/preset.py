@@ -7,9 +7,13 @@ are declared here and nowhere else). `load_preset` reads a file, migrates
 older versions, applies `--set section.key=value` overrides and validates.
 
 Every problem is raised as a `ConfigError` whose message is one line naming
-the key and what is allowed; a misspelt key suggests the nearest valid one.
-Checks that need the dataset or the total step count (warmup longer than
-the run, a drop_last that leaves no batch) live in `modules.schedule.step_plan`.
+the key and what is allowed; a misspelt key suggests the nearest valid one,
+and a key in the wrong section the section it belongs to (`training.lr` ->
+'optimizer.lr'). A UTF-8 byte order mark at the start of a file is accepted.
+Checks that need the file system or the dataset (an optimizer for another
+device, an output folder inside the dataset, unreadable images, captions)
+live in `modules.data.checks`; those that need the total step count (warmup
+longer than the run, a drop_last that leaves no batch) in `modules.schedule.step_plan`.
 
 Values are taken as written, never coerced: a JSON boolean is not a number,
 a string is not a number or a boolean, and NaN or infinity is no value at
@@ -255,6 +259,8 @@ class OptimizerSection(Section):
         for beta in self.betas:
             if not 0 <= beta < 1:
                 raise ConfigError(f"must lie in [0, 1), got {list(self.betas)}", "optimizer.betas")
+        if self.type == "dadapt_adam" and self.safeguard_warmup:
+            raise ConfigError("is not an option of dadapt_adam (prodigy has it)", "optimizer.safeguard_warmup")
         return self
 
     @property
@@ -355,68 +361,88 @@ class Preset(Section):
 
     @model_validator(mode="after")
     def _combinations(self):
-        # A resolved preset holds the lora section's defaults, so only values other than the defaults count.
-        changed = [key for key in LoraSection.model_fields if getattr(self.lora, key) != getattr(LoraSection(), key)]
-        if self.training.method == "full" and changed:
-            first = changed[0]
-            raise ConfigError(f"is a LoRA option, but training.method is 'full' (set training.method to 'lora' "
-                              "or remove the lora section)", f"lora.{first}")
-        if self.optimizer.text_encoder_stop_after is not None and self.optimizer.text_encoder_lr is None:
-            raise ConfigError("needs optimizer.text_encoder_lr (the text encoders are frozen without it)",
-                              "optimizer.text_encoder_stop_after")
-        if self.model.type == "unet" or self.model.config:
-            check_unet_options(self)
-            for key in ("cache_latents", "cache_text_embeddings"):
-                if getattr(self.data, key):
-                    raise ConfigError("is for stable_diffusion and stable_diffusion_xl models; a unet model has no "
-                                      "VAE or text encoder to cache", f"data.{key}")
-        if self.data.cache_text_embeddings and self.optimizer.text_encoder_lr is not None:
-            raise ConfigError("needs frozen text encoders, but optimizer.text_encoder_lr trains them (unset it, or "
-                              "set data.cache_text_embeddings to false)", "data.cache_text_embeddings")
-        if self.optimizer.type in ADAPTIVE_OPTIMIZERS:
-            for index, group in enumerate(self.optimizer.param_groups):
-                if group.lr != self.optimizer.lr:
-                    raise ConfigError(
-                        f"is {group.lr:g} but {self.optimizer.type} trains every group at one LR (optimizer.lr "
-                        f"{self.optimizer.lr:g}; its d adapts it): set it equal or remove the group",
-                        f"optimizer.param_groups.{index}.lr")
-            if self.optimizer.text_encoder_lr is not None and self.optimizer.text_encoder_lr != self.optimizer.lr:
-                raise ConfigError(
-                    f"is {self.optimizer.text_encoder_lr:g} but {self.optimizer.type} trains every group at one LR "
-                    f"(optimizer.lr {self.optimizer.lr:g}; its d adapts it): set it equal", "optimizer.text_encoder_lr")
-            if self.optimizer.text_encoder_stop_after is not None:
-                raise ConfigError(
-                    f"cannot stop the text encoders with {self.optimizer.type}: it applies one d * lr to every group, "
-                    "so a group at LR 0 still moves (use adamw, or leave the text encoders frozen)",
-                    "optimizer.text_encoder_stop_after")
-        if self.data.buckets and self.data.bucket_step > self.model.resolution:
-            raise ConfigError(
-                f"{self.data.bucket_step} is larger than model.resolution {self.model.resolution}: "
-                "no bucket fits (lower data.bucket_step)", "data.bucket_step")
-        if self.optimizer.type in SCHEDULE_FREE_OPTIMIZERS:
-            if self.scheduler.type != "constant":
-                raise ConfigError(
-                    f"must be 'constant' with optimizer.type '{self.optimizer.type}' "
-                    f"(a schedule-free optimizer replaces the schedule), got '{self.scheduler.type}'",
-                    "scheduler.type",
-                )
-            if self.scheduler.warmup_start_factor != 0:
-                raise ConfigError(
-                    "must be 0 with a schedule-free optimizer (its own warmup starts at lr/warmup)",
-                    "scheduler.warmup_start_factor",
-                )
-            if self.optimizer.type == "radam_schedule_free" and parse_duration(
-                self.scheduler.warmup, "scheduler.warmup"
-            ).amount != 0:
-                raise ConfigError(
-                    "must be 0 with radam_schedule_free (RAdam's rectification is its warmup)",
-                    "scheduler.warmup",
-                )
+        """Settings that are valid alone but not together; each check names the key to change."""
+        for check in (_check_lora_options, _check_text_encoders, _check_adaptive_optimizer, _check_buckets,
+                      _check_schedule_free):
+            check(self)
         return self
 
     def to_json_dict(self) -> dict:
         """The fully resolved preset, as it would be written to a JSON file."""
         return self.model_dump(mode="json")
+
+
+def _check_lora_options(preset: "Preset") -> None:
+    # A resolved preset holds the lora section's defaults, so only values other than the defaults count.
+    changed = [key for key in LoraSection.model_fields if getattr(preset.lora, key) != getattr(LoraSection(), key)]
+    if preset.training.method == "full" and changed:
+        raise ConfigError("is a LoRA option, but training.method is 'full' (set training.method to 'lora' "
+                          "or remove the lora section)", f"lora.{changed[0]}")
+
+
+def _check_text_encoders(preset: "Preset") -> None:
+    if preset.optimizer.text_encoder_stop_after is not None and preset.optimizer.text_encoder_lr is None:
+        raise ConfigError("needs optimizer.text_encoder_lr (the text encoders are frozen without it)",
+                          "optimizer.text_encoder_stop_after")
+    if preset.model.type == "unet" or preset.model.config:
+        check_unet_options(preset)
+        for key in ("cache_latents", "cache_text_embeddings"):
+            if getattr(preset.data, key):
+                raise ConfigError("is for stable_diffusion and stable_diffusion_xl models; a unet model has no "
+                                  "VAE or text encoder to cache", f"data.{key}")
+    if preset.data.cache_text_embeddings and preset.optimizer.text_encoder_lr is not None:
+        raise ConfigError("needs frozen text encoders, but optimizer.text_encoder_lr trains them (unset it, or "
+                          "set data.cache_text_embeddings to false)", "data.cache_text_embeddings")
+
+
+def _check_adaptive_optimizer(preset: "Preset") -> None:
+    optimizer = preset.optimizer
+    if optimizer.type not in ADAPTIVE_OPTIMIZERS:
+        return
+    for index, group in enumerate(optimizer.param_groups):
+        if group.lr != optimizer.lr:
+            raise ConfigError(
+                f"is {group.lr:g} but {optimizer.type} trains every group at one LR (optimizer.lr "
+                f"{optimizer.lr:g}; its d adapts it): set it equal or remove the group",
+                f"optimizer.param_groups.{index}.lr")
+    if optimizer.text_encoder_lr is not None and optimizer.text_encoder_lr != optimizer.lr:
+        raise ConfigError(
+            f"is {optimizer.text_encoder_lr:g} but {optimizer.type} trains every group at one LR "
+            f"(optimizer.lr {optimizer.lr:g}; its d adapts it): set it equal", "optimizer.text_encoder_lr")
+    if optimizer.text_encoder_stop_after is not None:
+        raise ConfigError(
+            f"cannot stop the text encoders with {optimizer.type}: it applies one d * lr to every group, "
+            "so a group at LR 0 still moves (use adamw, or leave the text encoders frozen)",
+            "optimizer.text_encoder_stop_after")
+
+
+def _check_buckets(preset: "Preset") -> None:
+    if preset.data.buckets and preset.data.bucket_step > preset.model.resolution:
+        raise ConfigError(
+            f"{preset.data.bucket_step} is larger than model.resolution {preset.model.resolution}: "
+            "no bucket fits (lower data.bucket_step)", "data.bucket_step")
+
+
+def _check_schedule_free(preset: "Preset") -> None:
+    optimizer, scheduler = preset.optimizer.type, preset.scheduler
+    if optimizer not in SCHEDULE_FREE_OPTIMIZERS:
+        return
+    if scheduler.type != "constant":
+        raise ConfigError(
+            f"must be 'constant' with optimizer.type '{optimizer}' "
+            f"(a schedule-free optimizer replaces the schedule), got '{scheduler.type}'",
+            "scheduler.type",
+        )
+    if scheduler.warmup_start_factor != 0:
+        raise ConfigError(
+            "must be 0 with a schedule-free optimizer (its own warmup starts at lr/warmup)",
+            "scheduler.warmup_start_factor",
+        )
+    if optimizer == "radam_schedule_free" and parse_duration(scheduler.warmup, "scheduler.warmup").amount != 0:
+        raise ConfigError(
+            "must be 0 with radam_schedule_free (RAdam's rectification is its warmup)",
+            "scheduler.warmup",
+        )
 
 
 # --- loading -----------------------------------------------------------------
@@ -454,6 +480,39 @@ def _list_item_model(annotation) -> type[BaseModel] | None:
     return None
 
 
+def _sections() -> dict[str, type[BaseModel]]:
+    """The preset's sections by name: model, data, training, ..."""
+    return {name: field.annotation for name, field in Preset.model_fields.items()
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
+
+
+def misplaced_keys(loc: tuple) -> list[str]:
+    """The dotted keys of other sections named like the unknown key at `loc` (a top-level key or a
+    section's key): ("training", "lr") -> ["optimizer.lr"]; [] for a name no section has."""
+    if not 1 <= len(loc) <= 2:
+        return []
+    name, own = str(loc[-1]), loc[0] if len(loc) == 2 else None
+    return [f"{section}.{name}" for section, model in _sections().items()
+            if section != own and name in _field_names(model)]
+
+
+def suggested_keys(loc: tuple) -> list[str]:
+    """What the unknown key at `loc` probably meant: the same name in another section (dotted, e.g.
+    'optimizer.lr'), else the nearest name of its own section ('batch_size'), else the nearest name
+    of another section (dotted); [] when nothing is close."""
+    moved = misplaced_keys(loc)
+    if moved:
+        return moved
+    name, parent = str(loc[-1]), _model_at(loc[:-1])
+    near = difflib.get_close_matches(name, _field_names(parent) if parent else [], n=1, cutoff=0.6)
+    if near or not 1 <= len(loc) <= 2:
+        return near
+    elsewhere = {f"{section}.{field}": field for section, model in _sections().items() if section != loc[0]
+                 for field in _field_names(model)}
+    close = difflib.get_close_matches(name, list(elsewhere.values()), n=1, cutoff=0.8)
+    return [key for key, field in elsewhere.items() if close and field == close[0]][:1]
+
+
 def _error_line(error: ValidationError) -> ConfigError:
     first = error.errors()[0]
     loc = tuple(first["loc"])
@@ -462,8 +521,8 @@ def _error_line(error: ValidationError) -> ConfigError:
     if kind == "extra_forbidden":
         parent = _model_at(loc[:-1])
         allowed = _field_names(parent) if parent else []
-        near = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
-        hint = f"; did you mean '{near[0]}'?" if near else ""
+        near = suggested_keys(loc)
+        hint = f"; did you mean {' or '.join(repr(name) for name in near)}?" if near else ""
         return ConfigError(f"unknown key{hint} (allowed: {', '.join(allowed)})", key)
     message = first["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
@@ -562,7 +621,7 @@ def read_preset_file(path: str | Path) -> dict:
     """The raw JSON dict of a preset file; ConfigError if it is missing or not JSON."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a UTF-8 byte order mark, as some editors write, is no content
     except FileNotFoundError:
         raise ConfigError(f"preset file '{path}' does not exist") from None
     except OSError as error:

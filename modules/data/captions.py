@@ -5,7 +5,10 @@ The caption of image `x.png` is the file `x` + `data.caption_extension`
 exists, `data.default_caption` serves; when that is null, a missing caption
 is a ConfigError saying how many images lack one and naming the first. A
 caption file that is not UTF-8 (or cannot be read) is a ConfigError naming it.
-The step plan does not depend on captions. Caption dropout (`data.caption_dropout`,
+`check_captions` finds all of these before training (the step plan's dataset
+check runs it, so the preview refuses what training would) and warns about an
+empty caption file, which trains like a dropped caption. The step plan does
+not depend on captions. Caption dropout (`data.caption_dropout`,
 the probability that a sample trains with the empty caption) is drawn by the
 model family from the micro-batch's seeded generator, so a resume repeats it.
 """
@@ -24,9 +27,7 @@ def caption_file(image: Path, extension: str) -> Path:
 
 def read_caption(path: Path) -> str:
     try:
-        return Path(path).read_bytes().decode("utf-8").strip()
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"caption file '{path}' is not UTF-8 text (byte {error.start})", "data.path") from None
+        return _decoded(path, Path(path).read_bytes())
     except OSError as error:
         raise ConfigError(f"caption file '{path}' cannot be read: {error.strerror}", "data.path") from None
 
@@ -35,6 +36,10 @@ def read_caption(path: Path) -> str:
 class CaptionSummary:
     images: int
     with_caption: int
+    # Filled by `scan_captions` (which reads the files); `summarize_captions` only counts them.
+    first_missing: Path | None = None  # the first image without a caption file
+    empty: tuple[Path, ...] = ()       # caption files that hold nothing but white space
+    error: ConfigError | None = None   # the first caption file that is not UTF-8 or does not read
 
     @property
     def without_caption(self) -> int:
@@ -48,6 +53,18 @@ class CaptionSummary:
         elif self.without_caption:
             text += f" ({self.without_caption} lack one and data.default_caption is null: training refuses)"
         return text
+
+    def check(self, default_caption: str | None, extension: str) -> list[str]:
+        """What `load_captions` refuses, as its ConfigError; else a warning naming the first empty file."""
+        if self.error is not None:
+            raise self.error
+        if self.first_missing is not None and default_caption is None:
+            raise missing_captions(self.first_missing, self.without_caption, self.images, extension)
+        if not self.empty:
+            return []
+        more = f" ({len(self.empty)} in all)" if len(self.empty) > 1 else ""
+        return [f"caption file '{self.empty[0]}' is empty{more}: its image trains with the empty caption, "
+                "as a dropped caption does"]
 
 
 def summarize_captions(images: list[Path], extension: str) -> CaptionSummary:
@@ -68,7 +85,45 @@ def load_captions(images: list[Path], extension: str, default_caption: str | Non
         else:
             missing.append(Path(image))
     if missing:
-        raise ConfigError(
-            f"{len(missing)} of {len(images)} images have no caption file, e.g. '{caption_file(missing[0], extension)}' "
-            f"for '{missing[0]}' (write one, or set data.default_caption)", "data.path")
+        raise missing_captions(missing[0], len(missing), len(images), extension)
     return captions
+
+
+def missing_captions(first: Path, missing: int, images: int, extension: str) -> ConfigError:
+    """'2 of 5 images have no caption file, e.g. ...' (SPEC §7)."""
+    return ConfigError(
+        f"{missing} of {images} images have no caption file, e.g. '{caption_file(first, extension)}' "
+        f"for '{first}' (write one, or set data.default_caption)", "data.path")
+
+
+def scan_captions(images: list[Path], extension: str) -> CaptionSummary:
+    """Read every caption file of `images`: the count, the first image without one, the empty files
+    and the first file that does not read (see `CaptionSummary.check`)."""
+    first_missing, error = None, None
+    empty: list[Path] = []
+    with_caption = 0
+    for image in images:
+        path = caption_file(image, extension)
+        if not path.is_file():
+            first_missing = first_missing or Path(image)
+            continue
+        with_caption += 1
+        try:
+            if not read_caption(path):
+                empty.append(path)
+        except ConfigError as problem:
+            error = error or problem
+    return CaptionSummary(len(images), with_caption, first_missing, tuple(empty), error)
+
+
+def check_captions(images: list[Path], extension: str, default_caption: str | None) -> list[str]:
+    """What `load_captions` would refuse, as the same ConfigError, without keeping the captions;
+    a warning naming the first empty caption file (and how many there are) otherwise."""
+    return scan_captions(images, extension).check(default_caption, extension)
+
+
+def _decoded(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"caption file '{path}' is not UTF-8 text (byte {error.start})", "data.path") from None

@@ -11,6 +11,7 @@ folders (names starting with "."), sorted by their path relative to
 import os
 from pathlib import Path
 
+from modules.config.paths import path_note
 from modules.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -28,9 +29,9 @@ def list_image_files(folder: str | os.PathLike, key: str = "data.path") -> list[
     """
     root = Path(folder)
     if not root.exists():
-        raise ConfigError(f"dataset folder '{root}' does not exist", key)
+        raise ConfigError(f"dataset folder '{root}' does not exist{path_note(folder)}", key)
     if not root.is_dir():
-        raise ConfigError(f"'{root}' is not a folder", key)
+        raise ConfigError(f"'{root}' is not a folder{path_note(folder)}", key)
     top = str(root)
     found: list[tuple[str, str]] = []
     for directory, subdirectories, files in os.walk(top):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modules.config.paths import path_note
 from modules.errors import ConfigError
 
 KEY = "scheduler.function"
@@ -51,7 +52,7 @@ def _read_source(spec: str) -> tuple[str, str]:
         try:
             return path.read_text(encoding="utf-8"), str(path.resolve())
         except FileNotFoundError:
-            raise ConfigError(f"{spec!r}: the file '{location}' does not exist", KEY) from None
+            raise ConfigError(f"{spec!r}: the file '{location}' does not exist{path_note(location)}", KEY) from None
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"{spec!r}: cannot read '{location}': {error}", KEY) from None
     try:

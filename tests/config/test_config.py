@@ -247,3 +247,40 @@ def test_overrides_are_as_strict_as_files(tmp_path, override, key):
     with pytest.raises(ConfigError) as raised:
         load_preset(path, [override])
     assert raised.value.key == key
+
+
+@pytest.mark.parametrize("raw, key, hint", [
+    ({"training": {"lr": 1e-3}}, "training.lr", "did you mean 'optimizer.lr'?"),
+    ({"lr": 1e-3}, "lr", "did you mean 'optimizer.lr'?"),
+    ({"optimizer": {"warmup": 5}}, "optimizer.warmup", "did you mean 'scheduler.warmup'?"),
+    ({"training": {"warmpu": 5}}, "training.warmpu", "did you mean 'scheduler.warmup'?"),  # close, elsewhere
+    ({"training": {"epoks": 5}}, "training.epoks", "did you mean 'epochs'?"),  # close, same section first
+    ({"training": {"type": "x"}}, "training.type", "did you mean 'model.type' or 'optimizer.type' or 'scheduler.type'?"),
+])
+def test_a_key_in_the_wrong_section_names_the_section_it_belongs_to(raw, key, hint):
+    with pytest.raises(ConfigError) as raised:
+        validate_preset(raw)
+    assert raised.value.key == key and f"unknown key; {hint}" in str(raised.value)
+
+
+def test_a_utf8_byte_order_mark_at_the_start_of_a_preset_is_accepted(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"training": {"epochs": 4}}).encode())
+    assert load_preset(path).training.epochs == 4
+
+
+def test_dadapt_adam_refuses_safeguard_warmup_which_prodigy_has():
+    assert validate_preset({"optimizer": {"type": "prodigy", "safeguard_warmup": True}}).optimizer.safeguard_warmup
+    with pytest.raises(ConfigError) as raised:
+        validate_preset({"optimizer": {"type": "dadapt_adam", "safeguard_warmup": True}})
+    assert raised.value.key == "optimizer.safeguard_warmup" and "not an option of dadapt_adam" in str(raised.value)
+
+
+def test_path_notes_name_the_working_folder_and_that_tilde_is_not_expanded(tmp_path, monkeypatch):
+    from modules.config.paths import path_note
+
+    monkeypatch.chdir(tmp_path)
+    assert path_note(tmp_path / "images") == ""
+    assert path_note("images") == f" (a relative path, looked for in '{tmp_path}')"
+    note = path_note("~/images")
+    assert f"looked for in '{tmp_path}'" in note and "'~' is not expanded: write '" in note

@@ -33,6 +33,14 @@ def test_missing_folder_names_the_key(tmp_path):
     assert "does not exist" in str(raised.value)
 
 
+def test_a_missing_relative_folder_names_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as raised:
+        list_images("~/pictures")
+    assert f"'~/pictures' does not exist (a relative path, looked for in '{tmp_path}'; '~' is not expanded" \
+        in str(raised.value)
+
+
 def test_folder_without_images_names_the_key(tmp_path):
     (tmp_path / "readme.txt").write_text("x")
     with pytest.raises(ConfigError) as raised:

@@ -128,6 +128,7 @@ def bad_cases(tmp_path, image_folder):
     broken = tmp_path / "broken.json"
     broken.write_text('{"training": {"epochs": 2,}}', encoding="utf-8")
     return {
+        **dataset_cases(tmp_path, image_folder, preset),
         "unknown key": ([preset, "--set", "training.batch_sise=2"], ["training.batch_sise", "did you mean 'batch_size'"]),
         "unknown key in file": ([write_preset(tmp_path / "typo.json", {**good, "schedular": {}})],
                                 ["schedular", "did you mean 'scheduler'"]),
@@ -154,7 +155,59 @@ def bad_cases(tmp_path, image_folder):
     }
 
 
-CASE_NAMES = ["unknown key", "unknown key in file", "wrong type", "out of range", "warmup >= total", "cycles < 1",
+def text_to_image_folders(tmp_path, captions: dict[int, bytes], count: int = 3):
+    """(a model folder whose model_index.json names a StableDiffusionPipeline, an image folder whose
+    image i has the caption bytes captions[i])."""
+    model = tmp_path / "sd_model"
+    model.mkdir(exist_ok=True)
+    (model / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    images = make_images(tmp_path / f"captioned_{len(list(tmp_path.glob('captioned_*')))}", count, size=8)
+    for index, data in captions.items():
+        (images / f"image_{index:04d}.txt").write_bytes(data)
+    return model, images
+
+
+def dataset_cases(tmp_path, image_folder, preset):
+    """What the preview refuses that, before it, only training found (issue 15 items 6, 8 and 9)."""
+    broken = make_images(tmp_path / "broken_image", 3)
+    (broken / "image_0001.png").write_bytes(b"not a png")
+    model, not_utf8 = text_to_image_folders(tmp_path, {0: b"a cat", 1: b"caf\xe9", 2: b"a dog"})
+    _, one_missing = text_to_image_folders(tmp_path, {0: b"a cat", 2: b"a dog"})
+    _, captioned = text_to_image_folders(tmp_path, {0: b"a cat", 1: b"a bird", 2: b"a dog"})
+    text_to_image = [preset, "--set", f"model.path={model}"]
+    return {
+        "dadapt_adam + safeguard_warmup": ([preset, "--set", "optimizer.type=dadapt_adam", "--set",
+                                            "optimizer.safeguard_warmup=true"],
+                                           ["optimizer.safeguard_warmup", "not an option of dadapt_adam"]),
+        "sample_every without prompts": ([*text_to_image, "--set", f"data.path={captioned}",
+                                          "--set", "output.sample_every=1"],
+                                         ["output.sample_every", "output.sample_prompts, which is empty"]),
+        "adamw_8bit on cpu": ([preset, "--set", "optimizer.type=adamw_8bit", "--set", "training.device=cpu"],
+                              ["optimizer.type", "'adamw_8bit' needs a CUDA device"]),
+        "unreadable image without buckets": ([preset, "--set", f"data.path={broken}"],
+                                             ["data.path", "cannot read image", str(broken / "image_0001.png")]),
+        "caption not UTF-8": ([*text_to_image, "--set", f"data.path={not_utf8}"],
+                              ["data.path", str(not_utf8 / "image_0001.txt"), "not UTF-8"]),
+        "missing caption": ([*text_to_image, "--set", f"data.path={one_missing}"],
+                            ["data.path", "1 of 3 images have no caption file", str(one_missing / "image_0001.txt"),
+                             "data.default_caption"]),
+        "output.dir inside the dataset": ([preset, "--set", f"output.dir={image_folder / 'out'}"],
+                                          ["output.dir", "inside the dataset folder"]),
+        "cache_dir inside the dataset": ([preset, "--set", f"data.cache_dir={image_folder}"],
+                                         ["data.cache_dir", "inside the dataset folder"]),
+        "key in the wrong section": ([preset, "--set", "training.lr=0.001"],
+                                     ["training.lr", "unknown key; did you mean 'optimizer.lr'?"]),
+        "~ in a path": ([preset, "--set", "data.path=~/no_such_folder_15"],
+                        ["data.path", "'~/no_such_folder_15' does not exist", f"looked for in '{ROOT}'",
+                         "'~' is not expanded: write '" + str(Path("~/no_such_folder_15").expanduser()) + "'"]),
+    }
+
+
+CASE_NAMES = ["dadapt_adam + safeguard_warmup", "sample_every without prompts", "adamw_8bit on cpu",
+              "unreadable image without buckets", "caption not UTF-8", "missing caption",
+              "output.dir inside the dataset", "cache_dir inside the dataset", "key in the wrong section",
+              "~ in a path",
+              "unknown key", "unknown key in file", "wrong type", "out of range", "warmup >= total", "cycles < 1",
               "schedule-free + cosine", "missing dataset folder", "folder with no images", "drop_last leaves nothing",
               "bad --set syntax", "bad --set key", "missing preset file", "invalid JSON", "sine period too short",
               "unwritable csv", "no preset argument", "--set without a value"]
@@ -222,3 +275,19 @@ def test_huge_lengths_and_coercible_values_are_one_line_and_exit_2(preset_file, 
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith(f"preview.py: error: {key}: ")
+
+
+def test_what_the_checks_allow_previews(tmp_path, preset_file):
+    """The other side of each refusal: a unet samples without prompts, a hidden folder of the dataset
+    may hold the output (the listing skips it), an empty caption file is a warning naming it, and a
+    preset file that starts with a UTF-8 byte order mark reads."""
+    result = run_preview(preset_file, "--set", "output.sample_every=1", "--set",
+                         f"output.dir={Path(load_preset(preset_file).data.path) / '.runs'}")
+    assert result.returncode == 0, result.stderr
+    model, images = text_to_image_folders(tmp_path, {0: b"a cat", 1: b"  \n", 2: b"a dog"})
+    with_bom = tmp_path / "bom.json"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({"model": {"path": str(model)}, "data": {"path": str(images)},
+                                                      "output": {"sample_every": 1, "sample_prompts": ["a"]}}).encode())
+    result = run_preview(with_bom)
+    assert result.returncode == 0, result.stderr
+    assert f"caption file '{images / 'image_0001.txt'}' is empty" in result.stdout

@@ -371,6 +371,63 @@ def test_a_loaded_presets_unknown_keys_are_listed_and_can_be_dropped(image_folde
     assert saved.training.epochs == 2 and saved.optimizer.param_groups[0].lr == 1e-4  # the known keys stay
 
 
+def test_a_key_in_the_wrong_section_says_where_it_belongs_and_is_moved_there(image_folder, tmp_path):
+    preset = {"version": 1, "data": {"path": str(image_folder)},
+              "training": {"epochs": 2, "lr": 3e-4, "warmup": 2}, "scheduler": {"warmup": 1}}
+    path = tmp_path / "misplaced.json"
+    path.write_text(json.dumps(preset))
+    draft = PresetDraft(counter=ImageCounter(synchronous=True))
+    draft.load(path)
+    unknown = {item.key: item for item in draft.unknown_keys()}
+    assert unknown["training.lr"].belongs_at == "optimizer.lr"
+    assert "belongs in optimizer.lr" in unknown["training.lr"].describe()
+    assert unknown["training.warmup"].belongs_at == "scheduler.warmup"
+
+    assert draft.move_keys() == ["training.lr"]  # scheduler.warmup holds a value already: the user chooses
+    assert draft.value("optimizer.lr") == 3e-4 and "lr" not in draft.raw["training"]
+    assert [item.key for item in draft.unknown_keys()] == ["training.warmup"]
+    draft.drop_keys(["training.warmup"])
+    assert draft.evaluate().fresh and draft.value("scheduler.warmup") == 1
+
+
+def test_the_app_refuses_at_the_field_what_training_refuses(tmp_path, image_folder):
+    draft = make_draft(image_folder)
+    draft.set_value("output.dir", str(image_folder / "out"))
+    assert draft.evaluate().error_key == "output.dir"
+    draft.set_value("output.dir", str(tmp_path / "out"))
+    draft.set_value("optimizer.type", "adamw_8bit")
+    draft.set_value("training.device", "cpu")
+    state = draft.evaluate()
+    assert state.error_key == "optimizer.type" and "needs a CUDA device" in state.error
+
+    broken = make_images(tmp_path / "broken", 2)
+    (broken / "image_0001.png").write_bytes(b"not a png")
+    draft = make_draft(broken)
+    state = draft.wait_for_images()
+    assert state.error_key == "data.path" and "cannot read image" in state.error
+
+
+def test_the_app_checks_captions_as_training_does(tmp_path):
+    model = tmp_path / "sd_model"
+    model.mkdir()
+    (model / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    images = make_images(tmp_path / "images", 3, size=8)
+    (images / "image_0000.txt").write_text("a cat")
+    (images / "image_0002.txt").write_text(" ")
+    draft = make_draft(images)
+    draft.set_value("model.path", str(model))
+    state = draft.wait_for_images()
+    assert state.error_key == "data.path" and "1 of 3 images have no caption file" in state.error
+    draft.set_value("data.default_caption", "a thing")
+    state = draft.wait_for_images()
+    assert state.fresh and any(f"caption file '{images / 'image_0002.txt'}' is empty" in line
+                               for line in state.warnings)
+    (images / "image_0001.txt").write_bytes(b"caf\xe9")
+    draft.caption_counter.forget(str(images))
+    state = draft.wait_for_images()
+    assert state.error_key == "data.path" and "not UTF-8" in state.error
+
+
 def test_a_valid_preset_has_no_unknown_keys():
     draft = PresetDraft(counter=ImageCounter(synchronous=True))
     draft.load(ROOT / "training_presets" / "demo.json")

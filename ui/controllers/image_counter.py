@@ -3,7 +3,8 @@
 `ImageCounter.lookup(folder)` answers at once: the count (or the
 ConfigError `list_images` raised) when it is known, else None after
 starting a worker thread that counts with `modules.data.listing.list_images`
-(the listing the data loader reads); a folder that does not exist is
+(the listing the data loader reads) and reads every header through the size
+index (`modules.data.sizes`), so an unreadable image is the folder's error; a folder that does not exist is
 answered at once with its error. The view polls `collect()` from a Tk
 `after` callback; when it returns True a count arrived and the preview is
 recomputed. Results are cached per folder and the folder's modification
@@ -16,7 +17,8 @@ the size index), a list of (width, height) in listing order.
 
 `CaptionCounter` is the same for captions: `lookup(folder, extension)`
 answers a `modules.data.captions.CaptionSummary` (how many of the folder's images
-have a caption file), counted on a worker thread, cached per folder, its
+have a caption file, the first without one, the empty files and the first that
+is not UTF-8: `modules.data.captions.scan_captions`), read on a worker thread, cached per folder, its
 modification time (a caption added or removed changes it) and the extension.
 """
 
@@ -24,7 +26,7 @@ import os
 import threading
 from pathlib import Path
 
-from modules.data.captions import CaptionSummary, summarize_captions
+from modules.data.captions import CaptionSummary, scan_captions
 from modules.errors import ConfigError
 from modules.data.listing import list_image_files, list_images
 from modules.data.sizes import image_sizes
@@ -91,9 +93,12 @@ class ImageCounter:
             self._finished.append(key)
 
     def measure(self, folder: str, kind: str) -> Result:
-        """What is counted (on the worker thread): the number of images, or their sizes."""
+        """What is counted (on the worker thread): the number of images, or their sizes. Both read every
+        header (through the size index), as the step plan's dataset check does: an unreadable image is
+        the folder's error."""
         paths = list_image_files(folder)
-        return image_sizes(folder, [path for _, path in paths], progress=False) if kind == SIZES else len(paths)
+        sizes = image_sizes(folder, [path for _, path in paths], progress=False)
+        return sizes if kind == SIZES else len(sizes)
 
     def collect(self) -> bool:
         """True if a count finished since the last call (call from the GUI thread)."""
@@ -128,4 +133,4 @@ class CaptionCounter(ImageCounter):
         return self._lookup(folder, CAPTIONS + extension)
 
     def measure(self, folder: str, kind: str) -> Result:
-        return summarize_captions(list_images(folder), kind.removeprefix(CAPTIONS))
+        return scan_captions(list_images(folder), kind.removeprefix(CAPTIONS))

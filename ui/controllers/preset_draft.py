@@ -9,7 +9,11 @@ last valid preview, which the view keeps showing. Images are counted by an
 `ImageCounter` (off the GUI thread, cached per folder), so an edit never
 walks the dataset again; for text-to-image models the images with a caption
 file are counted the same way (`CaptionCounter`), and the preview does not
-wait for that count. Switching `training.method` to "full" sets the lora
+wait for that count. Beyond the preset model, `compute` runs the plan's
+`modules.data.checks.check_preset`, and the counters read what the plan's
+dataset check reads (every image header; every caption file for a
+text-to-image model), so the app refuses at the field what the preview and
+training refuse. Switching `training.method` to "full" sets the lora
 section aside (a LoRA option with "full" is an error) and switching back to
 "lora" brings it back.
 
@@ -18,16 +22,23 @@ the curve exports are the CLI's (`LrCurve.write_csv`, `ui.curve_plot`).
 """
 
 import copy
-import difflib
-import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from modules.config.preset import Preset, migrate, read_preset_file, save_preset, validate_preset
+from modules.config.preset import (
+    Preset,
+    migrate,
+    misplaced_keys,
+    read_preset_file,
+    save_preset,
+    suggested_keys,
+    validate_preset,
+)
 from modules.data.captions import CaptionSummary
+from modules.data.checks import check_preset
 from modules.errors import ConfigError
 from modules.families.model_types import TEXT_TO_IMAGE_TYPES
 from modules.schedule.preview import Preview, build_preview
@@ -50,7 +61,8 @@ SEQUENCE_EXAMPLE = [{"shape": "linear", "from": 0, "until": "5%", "to": 1},
 REQUIRED_FOR_TYPE = {"sine": ("scheduler.period", "1 epochs"), "piecewise_constant": ("scheduler.steps",
                                                                                         PIECEWISE_EXAMPLE),
                      "sequence": ("scheduler.phases", SEQUENCE_EXAMPLE)}
-NO_WARMUP_TYPES = ("custom", "sequence")  # their curve holds any warmup: the hidden warmup field is set to 0
+NO_WARMUP_TYPES = ("custom", "sequence")
+COUNTING = CaptionSummary(0, 0)  # the caption count is still running  # their curve holds any warmup: the hidden warmup field is set to 0
 
 
 @dataclass(frozen=True)
@@ -107,21 +119,17 @@ def visible_warnings(warnings: tuple[str, ...], schedule_type: str) -> tuple[str
 @dataclass(frozen=True)
 class UnknownKey:
     key: str  # dotted, e.g. "scheduler.min_facter" or "optimizer.param_groups.0.lrr"
-    suggestion: str | None  # the nearest allowed name in the same section
+    # What it probably meant: the nearest name in the same section ("min_factor"), or a dotted key of
+    # another section ("optimizer.lr" for "training.lr"), as the validator's "did you mean" says.
+    suggestion: str | None
+    # The one key of another section with exactly this name ("optimizer.lr" for "training.lr"): the
+    # value is misplaced, not misspelt, and `PresetDraft.move_keys` moves it there.
+    belongs_at: str | None = None
 
     def describe(self) -> str:
+        if self.belongs_at:
+            return f"{self.key} (belongs in {self.belongs_at}: it can be moved there)"
         return f"{self.key} (did you mean '{self.suggestion}'?)" if self.suggestion else self.key
-
-
-def _model_of(annotation) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation such as `ModelSection` or `list[ParamGroup]`."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for argument in typing.get_args(annotation):
-        found = _model_of(argument)
-        if found is not None:
-            return found
-    return None
 
 
 def unknown_keys(raw: dict) -> list[UnknownKey]:
@@ -137,14 +145,9 @@ def unknown_keys(raw: dict) -> list[UnknownKey]:
         if item["type"] != "extra_forbidden":
             continue
         loc = tuple(item["loc"])
-        model: type[BaseModel] | None = Preset
-        for part in loc[:-1]:
-            if model is not None and isinstance(part, str):
-                info = model.model_fields.get(part)
-                model = _model_of(info.annotation) if info is not None else None
-        allowed = list(model.model_fields) if model is not None else []
-        near = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
-        found.append(UnknownKey(".".join(str(part) for part in loc), near[0] if near else None))
+        near, elsewhere = suggested_keys(loc), misplaced_keys(loc)
+        found.append(UnknownKey(".".join(str(part) for part in loc), " or ".join(near) or None,
+                                elsewhere[0] if len(elsewhere) == 1 else None))
     return found
 
 
@@ -271,6 +274,21 @@ class PresetDraft:
     def unknown_keys(self) -> list[UnknownKey]:
         return unknown_keys(self.raw)
 
+    def move_keys(self, keys=None) -> list[str]:
+        """Move each misplaced key (an `UnknownKey` with `belongs_at`; of `keys` when given) to the key it
+        belongs at, unless that key already holds a value; returns the keys moved. The rest stay unknown."""
+        moved = []
+        for item in self.unknown_keys():
+            if item.belongs_at is None or (keys is not None and item.key not in keys):
+                continue
+            missing = object()
+            if _get(self.raw, item.belongs_at, missing) is not missing:
+                continue  # both set: the user chooses (the app offers to drop the misplaced one)
+            self.set_value(item.belongs_at, _get(self.raw, item.key))
+            self.drop_keys([item.key])
+            moved.append(item.key)
+        return moved
+
     def drop_keys(self, keys) -> None:
         """Remove the dotted `keys` from the draft (the unknown keys of a loaded preset)."""
         for key in keys:
@@ -298,6 +316,7 @@ class PresetDraft:
             return PreviewState(None, False, f"{empty}: required (enter a value)", empty, revision=revision)
         try:
             preset = validate_preset(raw)
+            check_preset(preset)  # what training refuses beyond the preset model (the plan runs it too)
         except ConfigError as error:
             return PreviewState(None, False, str(error), error.key, revision=revision)
         count, sizes = None, None
@@ -324,15 +343,29 @@ class PresetDraft:
             key = "training.max_steps" if preset.training.max_steps is not None else "training.epochs"
             return PreviewState(None, False, f"{key}: the plan is too long to compute in memory", key,
                                 image_count=count, preset=preset, revision=revision)
-        captions, counting_captions = None, False
-        if preview.plan.model_type in TEXT_TO_IMAGE_TYPES and preset.data.path:
-            found = self.caption_counter.lookup(preset.data.path, preset.data.caption_extension)
-            counting_captions = found is None
-            captions = found if isinstance(found, CaptionSummary) else None
+        try:
+            captions, caption_warnings = self._captions(preset, preview)
+        except ConfigError as error:
+            return PreviewState(None, False, str(error), error.key, image_count=count, preset=preset,
+                                revision=revision)
         return PreviewState(preview, True, image_count=count, preset=preset,
                             start_refusal=app_start_refusal(preset), revision=revision,
-                            warnings=visible_warnings(preview.plan.warnings, preset.scheduler.type),
-                            captions=captions, counting_captions=counting_captions)
+                            warnings=visible_warnings(preview.plan.warnings, preset.scheduler.type) + caption_warnings,
+                            captions=None if captions is COUNTING else captions,
+                            counting_captions=captions is COUNTING)
+
+    def _captions(self, preset: Preset, preview: Preview) -> tuple[CaptionSummary | None, tuple[str, ...]]:
+        """Text-to-image models: the caption count (COUNTING while it runs) and its warnings;
+        ConfigError for what training refuses (a missing caption without a default, a file not UTF-8)."""
+        if preview.plan.model_type not in TEXT_TO_IMAGE_TYPES or not preset.data.path:
+            return None, ()
+        data = preset.data
+        found = self.caption_counter.lookup(data.path, data.caption_extension)
+        if found is None:
+            return COUNTING, ()
+        if isinstance(found, ConfigError):
+            raise found
+        return found, tuple(found.check(data.default_caption, data.caption_extension))
 
     def accept(self, state: PreviewState) -> PreviewState:
         """Merge a computed state: a fresh preview becomes the last valid one; an error keeps it."""
