@@ -52,7 +52,8 @@ def test_the_check_catches_each_forbidden_import(tmp_path):
 SCHEDULE_MATHS = sorted((ROOT / "modules" / "schedule" / "shapes").glob("*.py")) + [
     ROOT / "modules" / "schedule" / "custom.py"]
 # The project modules the schedule maths may use: itself, the user-function loader and the error type.
-SCHEDULE_MATHS_PROJECT = ("modules.schedule.shapes", "modules.schedule.custom", "modules.errors")
+# modules.config.paths: path messages only (os and pathlib), for the custom schedule file not found
+SCHEDULE_MATHS_PROJECT = ("modules.schedule.shapes", "modules.schedule.custom", "modules.errors", "modules.config.paths")
 
 
 def test_the_schedule_maths_files_are_there():

@@ -123,7 +123,7 @@ def test_text_encoder_groups_follow_unet_and_drop_to_zero_at_their_stop(tmp_path
     folder.mkdir()
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
     preset = validate_preset({
-        "model": {"path": str(folder)}, "data": {"path": str(make_images(tmp_path / "images", 10))},
+        "model": {"path": str(folder)}, "data": {"path": str(make_images(tmp_path / "images", 10)), "default_caption": "a photo"},
         "optimizer": {"lr": 1e-4, "text_encoder_lr": 3e-5, "text_encoder_stop_after": "40%",
                       "param_groups": [{"name": "attention", "match": "attn", "lr": 2e-4}]},
         "scheduler": {"type": "cosine", "warmup": 2},

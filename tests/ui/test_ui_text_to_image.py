@@ -99,12 +99,13 @@ def test_captions_are_counted_off_the_calling_thread_and_the_preview_does_not_wa
     first = draft.evaluate()
     assert first.fresh and first.preview.plan.num_images == 5  # the plan is there at once
     assert first.counting_captions and first.captions is None
-    state = draft.wait_for_images()
-    assert (state.captions.images, state.captions.with_caption) == (5, 3)
-    assert state.captions.describe(None).startswith("3 of 5 images have a caption file (2 lack one")
+    state = draft.wait_for_images()  # 2 captions missing and no default caption: refused at the field
+    assert state.error_key == "data.path" and "2 of 5 images have no caption file" in state.error
     assert threads and all(thread is not threading.main_thread() for thread in threads)
     draft.set_text("data.default_caption", "a photo")  # another edit: the count is not redone
-    assert draft.wait_for_images().captions.describe("a photo").endswith("(2 use data.default_caption)")
+    state = draft.wait_for_images()
+    assert (state.captions.images, state.captions.with_caption) == (5, 3)
+    assert state.captions.describe("a photo").endswith("(2 use data.default_caption)")
     assert len(threads) == 1
     draft.set_text("data.caption_extension", ".caption")  # another extension: counted again
     assert draft.wait_for_images().captions.with_caption == 0
