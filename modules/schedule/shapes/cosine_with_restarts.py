@@ -1,8 +1,16 @@
-"""cosine_with_restarts: `scheduler.cycles` smooth cosine waves between 1 and min_factor after warmup."""
+"""cosine_with_restarts: `scheduler.cycles` smooth cosine waves between 1 and min_factor after warmup.
+
+OneTrainer's meaning. diffusers' `get_scheduler`, transformers and kohya sd-scripts use this name for
+hard restarts (`cosine_with_hard_restarts` here), so a run that ends high (whole cycles end on a crest)
+is said in the plan's warnings (SPEC §13).
+"""
 
 import numpy as np
 
 from modules.schedule.shapes.base import Shape, g, half_cosine_wave, progress
+
+
+END_HIGH_FACTOR = 0.9  # a run whose last step is above this fraction of the peak LR is warned about
 
 
 class CosineWithRestarts(Shape):
@@ -19,6 +27,13 @@ class CosineWithRestarts(Shape):
         decay_steps = max(1, schedule.total_steps - schedule.warmup_steps)
         if decay_steps / schedule.cycles < 2:
             messages.append(f"{schedule.cycles:g} cycles over {decay_steps} steps leaves fewer than 2 steps per cycle")
+        last = float(self.multipliers(schedule, np.array([schedule.total_steps - 1], dtype=np.int64))[0])
+        if last > END_HIGH_FACTOR:
+            messages.append(
+                f"cosine_with_restarts ends at {last:.0%} of the peak LR ({schedule.cycles:g} smooth cycles end on a "
+                "crest); for waves that decay to the floor at the end use cosine_with_hard_restarts (what diffusers, "
+                "transformers and kohya sd-scripts call cosine_with_restarts), or a half cycle more (e.g. cycles "
+                f"{schedule.cycles + 0.5:g})")
         return messages
 
     def cycle_starts(self, schedule):
