@@ -34,6 +34,14 @@ demo: setup
 	$(PY) scripts/preview.py training_presets/text_to_image_demo.json \
 		--csv output/text_to_image_demo/preview.csv --png output/text_to_image_demo/preview.png
 	$(PY) scripts/train.py training_presets/text_to_image_demo.json
+	@echo
+	@echo "Done. What the demo wrote:"
+	@echo "  LoRA files:  output/text_to_image_demo/model (pytorch_lora_weights.safetensors, lora_kohya.safetensors)"
+	@echo "  samples:     output/text_to_image_demo/samples"
+	@echo "  TensorBoard: output/demo/tensorboard and output/text_to_image_demo/tensorboard"
+	@echo "Look at the curves:  $(VENV)/bin/tensorboard --logdir output  (then open http://localhost:6006)"
+	@echo "Load the LoRA:       pipe = StableDiffusionPipeline.from_pretrained(\"output/tiny_sd\")"
+	@echo "                     pipe.load_lora_weights(\"output/text_to_image_demo/model\")"
 
 # LR range test on the demo preset (a throw-away copy: output/demo is left alone).
 # One torch thread: on 2 shared cores the demo's tiny model trains several times faster on one.

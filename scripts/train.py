@@ -1,12 +1,15 @@
 """Train a preset headless: exactly the step plan's optimizer steps, with TensorBoard and checkpoints.
 
     python scripts/train.py PRESET [--set KEY=VALUE]... [--resume [CHECKPOINT]] [--rebase-schedule]
-    accelerate launch [--cpu] --num_processes N scripts/train.py PRESET --set training.num_processes=N
+    torchrun --nproc_per_node N scripts/train.py PRESET --set training.num_processes=N          (CPU, gloo)
+    accelerate launch --num_processes N scripts/train.py PRESET --set training.num_processes=N  (GPUs)
 
-`accelerate launch --cpu` starts a single process and leaves the rest to
-mpirun; without mpirun this script then starts the N gloo worker processes
-itself (N from the launcher's --num_processes), so the command above trains on N
-CPU processes as written. The world size must equal training.num_processes.
+This script launches no process itself: a launcher starts the N processes and
+accelerate reads their rank and world size from the environment (RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT). The world size must equal
+training.num_processes. The resume command printed names the launcher this
+process can see: torchrun (or accelerate launch, whose processes carry
+ACCELERATE_MIXED_PRECISION) for several processes, the interpreter for one.
 
 `--resume` alone continues from the newest complete checkpoint in output.dir;
 with a folder, from that checkpoint. A changed plan is refused (the changes
@@ -17,12 +20,11 @@ checkpoint is untouched). Bad input: one line on stderr, exit status 2.
 """
 
 import argparse
-import multiprocessing
 import os
 import shlex
 import signal
-import socket
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,20 +38,36 @@ EXIT_ABORTED = 130
 
 
 class StopRequest:
-    """First SIGINT/SIGTERM: ask the trainer to stop at the next step boundary. Second SIGINT: abort."""
+    """First SIGINT/SIGTERM: ask the trainer to stop at the next step boundary. Second SIGINT: abort.
 
-    def __init__(self):
+    The handler is inherited by the DataLoader workers (forked): there it does nothing, so
+    Ctrl+C, which reaches the whole process group, is answered once, by the training process
+    (and said once: by rank 0 of a launched job). A SIGINT within `REPEAT_SECONDS` of the first
+    is the same Ctrl+C forwarded by the launcher (torchrun), not a second one.
+    """
+
+    REPEAT_SECONDS = 1.0
+
+    def __init__(self, speaks: bool = True):
         self.requested = False
+        self.speaks = speaks
+        self.pid = os.getpid()
+        self.first_at = 0.0
 
     def install(self) -> None:
+        self.pid = os.getpid()
         signal.signal(signal.SIGINT, self._handle)
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if not self.requested:
-            self.requested = True
+        if os.getpid() != self.pid:  # a data worker: the training process answers
+            return
+        if self.requested:
+            if signum == signal.SIGINT and time.monotonic() - self.first_at > self.REPEAT_SECONDS:
+                raise KeyboardInterrupt
+            return
+        self.requested, self.first_at = True, time.monotonic()
+        if self.speaks:
             name = signal.Signals(signum).name
             print(f"\n{name}: stopping after the current optimizer step and writing a checkpoint "
                   "(Ctrl+C again to abort at once)", file=sys.stderr, flush=True)
@@ -92,32 +110,33 @@ def shell_path(path) -> str:
     return relative if os.sep in relative else f".{os.sep}{relative}"
 
 
-def launcher_words(pid: int | None = None, depth: int = 4) -> list[str] | None:
-    """The `accelerate launch ...` words (flags included, up to this script) of the nearest ancestor
-    process that launched this one (Linux /proc), or None when not launched by accelerate."""
-    pid = os.getppid() if pid is None else pid
-    for _ in range(depth):
-        try:
-            words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        for index, word in enumerate(words[:-1]):
-            if Path(word).name == "accelerate" and words[index + 1] == "launch":
-                for end in range(index + 2, len(words)):
-                    if Path(words[end]).name == Path(__file__).name:
-                        return [shell_path(os.path.join(cwd, word)), *words[index + 1:end]]
-        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent: field 4 of /proc/PID/stat
-        if pid <= 1:
-            return None
-    return None
+def launcher_words() -> list[str]:
+    """How this process was started, from what it can see: for a job of several processes
+    `torchrun --nproc_per_node N` (with `--nnodes` when WORLD_SIZE spans machines) or, when the
+    variables of `accelerate launch` are set, `accelerate launch --num_processes N`;
+    for one process the interpreter."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return [shell_path(sys.executable)]
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if "ACCELERATE_MIXED_PRECISION" in os.environ:  # set by accelerate launch for its processes
+        return [_next_to_interpreter("accelerate"), "launch", "--num_processes", str(world)]
+    words = [_next_to_interpreter("torchrun"), "--nproc_per_node", str(per_node)]
+    if per_node != world:
+        words += ["--nnodes", str(world // per_node)]
+    return words
+
+
+def _next_to_interpreter(program: str) -> str:
+    """`program` of this interpreter's environment when it is there (a venv's bin), else its bare name."""
+    path = Path(sys.executable).with_name(program)
+    return shell_path(path) if path.exists() else program
 
 
 def cli_resume_command(args) -> str:
-    """The command that continues this run: the launcher (or interpreter) actually used, this preset
-    and its overrides, --resume."""
-    words = launcher_words() or [shell_path(sys.executable)]
+    """The command that continues this run: the launcher (or interpreter), this preset and its overrides,
+    --resume."""
+    words = launcher_words()
     words += [shell_path(__file__), args.preset]
     for override in args.overrides:
         words += ["--set", override]
@@ -129,18 +148,14 @@ def cli_resume_command(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    workers = cpu_launch_world_size()
-    if workers > 1:
-        return spawn_cpu_workers(argv, workers)
-    return run(args)
+    return run(parse_args(argv))
 
 
 def run(args) -> int:
     """Train in this process (one rank of a launched job, or the only process)."""
-    stop = StopRequest()
-    stop.install()
     is_main = int(os.environ.get("RANK", "0")) == 0
+    stop = StopRequest(speaks=is_main)
+    stop.install()
     reached = [False]
 
     def on_step(report) -> None:
@@ -156,7 +171,8 @@ def run(args) -> int:
                   on_step=on_step, should_stop=lambda: stop() or reached[0],
                   progress_bar=not args.no_progress, resume_command_for=lambda checkpoint: cli_resume_command(args))
     except KeyboardInterrupt:
-        print(f"{PROGRAM}: aborted; the last complete checkpoint is untouched", file=sys.stderr)
+        if is_main:
+            print(f"{PROGRAM}: aborted; the last complete checkpoint is untouched", file=sys.stderr)
         return EXIT_ABORTED
     return 0
 
@@ -168,73 +184,6 @@ def quiet_user_errors():
         yield
     except ConfigError:
         sys.exit(EXIT_BAD_INPUT)
-
-
-# --- `accelerate launch --cpu --num_processes N`: start the N gloo workers here ------------------
-
-
-def cpu_launch_world_size() -> int:
-    """N when `accelerate launch --cpu --num_processes N` started this one process without mpirun, else 1."""
-    env = os.environ
-    if env.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes") or "MASTER_ADDR" not in env:
-        return 1
-    if any(name in env for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")):
-        return 1
-    return launcher_num_processes(os.getppid())
-
-
-def launcher_num_processes(pid: int) -> int:
-    """--num_processes of the `accelerate launch` command line of process `pid` (Linux /proc), else 1."""
-    try:
-        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return 1
-    for index, word in enumerate(words):
-        if word == "--num_processes" and index + 1 < len(words) and words[index + 1].isdigit():
-            return int(words[index + 1])
-        if word.startswith("--num_processes="):
-            value = word.split("=", 1)[1]
-            return int(value) if value.isdigit() else 1
-    return 1
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, argv: list[str]) -> None:
-    os.setpgrp()  # signals reach the workers only through the parent, exactly once each
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), ACCELERATE_USE_CPU="true")
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))
-    sys.exit(run(parse_args(argv)))
-
-
-def spawn_cpu_workers(argv: list[str], world: int) -> int:
-    """Run `world` CPU processes (gloo) of this script; forward SIGINT/SIGTERM; return the worst exit status."""
-    context = multiprocessing.get_context("spawn")
-    port = _free_port()
-    processes = [context.Process(target=_worker, args=(rank, world, port, argv)) for rank in range(world)]
-    for process in processes:
-        process.start()
-
-    def forward(signum, frame) -> None:
-        for process in processes:
-            if process.is_alive():
-                os.kill(process.pid, signum)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    codes = []
-    for process in processes:
-        process.join()
-        codes.append(process.exitcode)
-    for code in codes:  # a user error (2) or an abort wins over success
-        if code:
-            return code if code > 0 else EXIT_ABORTED
-    return 0
 
 
 if __name__ == "__main__":

@@ -115,17 +115,37 @@ def save_checkpoint(output_dir: Path, state: TrainingState, *, rank: int, is_mai
     step = state.global_step
     temporary = paths.temporary_checkpoint_dir(output_dir, step)
     if is_main:
-        begin_checkpoint(output_dir, step)
+        try:
+            begin_checkpoint(output_dir, step)
+        except OSError as error:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise write_error(output_dir, f"checkpoint step {step}", error) from None
     barrier()
-    write_rng_state(temporary, rank)
+    try:
+        write_rng_state(temporary, rank)
+    except OSError as error:
+        if is_main:
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise write_error(output_dir, f"checkpoint step {step}", error) from None
     barrier()
     final = paths.checkpoints_dir(output_dir) / paths.checkpoint_name(step)
     if is_main:
-        write_checkpoint_files(temporary, save_weights=save_weights, optimizer_state=optimizer_state(),
-                               state=state, config=config)
-        final = finish_checkpoint(output_dir, temporary, step, keep)
+        try:
+            write_checkpoint_files(temporary, save_weights=save_weights, optimizer_state=optimizer_state(),
+                                   state=state, config=config)
+            final = finish_checkpoint(output_dir, temporary, step, keep)
+        except OSError as error:  # full disk, read-only folder: the previous checkpoints stay as they were
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise write_error(output_dir, f"checkpoint step {step}", error) from None
     barrier()
     return final
+
+
+def write_error(output_dir: Path, what: str, error: OSError) -> ConfigError:
+    """One line naming output.dir and the OS error of a write that failed."""
+    reason = error.strerror or str(error)
+    code = f"[Errno {error.errno}] " if error.errno else ""
+    return ConfigError(f"cannot write {what} into '{output_dir}': {code}{reason}", "output.dir")
 
 
 def finish_checkpoint(output_dir: Path, temporary: Path, global_step: int, keep: int) -> Path:

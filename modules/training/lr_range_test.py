@@ -2,9 +2,11 @@
 
 `lr_range_test(preset, min_lr, max_lr, steps)` builds the preset's model,
 optimizer and data with the trainer's own functions (the model family's
-`build_family` and its loss of a micro-batch, `build_optimizer`,
-`build_dataset`, the same seeded generators and accumulation windows) and
-takes up to `steps` optimizer steps at
+`build_family`, `build_optimizer`, `build_dataset` and its micro-batch
+stream, the caches of `prepare_caches`, the mixed-precision cast) and takes
+up to `steps` optimizer steps with the trainer's own step
+(`modules.training.step.optimizer_step`: accumulation window, autocast,
+clipping at `training.max_grad_norm`) at
 
     lr_i = min_lr * (max_lr / min_lr) ** (i / (steps - 1))       i = 0 .. steps - 1
 
@@ -18,7 +20,11 @@ The suggestion is the LR at the steepest descent of the smoothed loss
 against log(lr), over the steps before the stop (the first tenth left out:
 the average is still settling there). It is always one of the swept LRs.
 
-Nothing is written anywhere: no checkpoint, no log, nothing in output.dir.
+The data follow the training's order from step 0 (buckets included); a sweep
+longer than the plan continues into further epochs as if `training.epochs`
+were larger. Nothing is written anywhere: no checkpoint, no log, nothing in
+output.dir (the caches of data.cache_latents / cache_text_embeddings are
+completed and used, as in training).
 The test runs in one process; with `training.num_processes` > 1 it trains on
 one process's share of each batch. Adaptive optimizers (prodigy,
 dadapt_adam) are refused: they choose their own LR.
@@ -32,10 +38,12 @@ import numpy as np
 from modules.config.preset import ADAPTIVE_OPTIMIZERS, Preset
 from modules.errors import ConfigError
 from modules.schedule.step_plan import build_step_plan
-from modules.data.datasets import build_dataset, torch_generator
+from modules.data.caches import prepare_caches
+from modules.data.datasets import build_dataset
 from modules.schedule.lr_curve import build_lr_curve
 from modules.families.base import build_family
 from modules.training.optimizers import build_optimizer
+from modules.training.step import optimizer_step, seed_process_rng, window_of
 
 DEFAULT_MIN_LR = 1e-7
 DEFAULT_MAX_LR = 1.0
@@ -100,6 +108,38 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> int | None:
     return int(skip + np.argmin(slope[skip:]))
 
 
+def sweep_plan(preset: Preset, steps: int):
+    """The preset's plan, with enough epochs (and no max_steps) that its stream covers `steps` optimizer steps."""
+    plan = build_step_plan(preset)
+    if plan.total_steps >= steps:
+        return plan
+    epochs = -(-steps // plan.steps_per_epoch)
+    training = preset.training.model_copy(update={"epochs": epochs, "max_steps": None})
+    return build_step_plan(preset.model_copy(update={"training": training}))
+
+
+def set_up_sweep(preset: Preset, steps: int, progress_bar: bool):
+    """(plan, accelerator, family, model, optimizer, dataset, trained parameters), as the trainer builds them."""
+    from modules.training.trainer import MIXED_PRECISION_DTYPES, make_accelerator
+
+    plan = sweep_plan(preset, steps)
+    accelerator = make_accelerator(preset)
+    curve = build_lr_curve(plan, preset.optimizer)
+    dataset = build_dataset(preset, plan)
+    family = build_family(preset, plan)
+    if accelerator.mixed_precision in MIXED_PRECISION_DTYPES:
+        family.cast_for_mixed_precision(MIXED_PRECISION_DTYPES[accelerator.mixed_precision])
+    optimizer = build_optimizer(family.model, preset, 0, family.parameter_components(),
+                                (curve.group_names, curve.base_lrs))
+    model, optimizer = accelerator.prepare(family.model, optimizer)
+    prepare_caches(preset, family, accelerator.unwrap_model(model), dataset, plan, 0, 0, accelerator,
+                   lambda message: None, progress_bar)
+    seed_process_rng(preset.training.seed, 0)
+    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    ratios = [lr / (preset.optimizer.lr * plan.lr_scale) for lr in curve.base_lrs]
+    return plan, accelerator, model, optimizer, dataset, parameters, ratios
+
+
 def lr_range_test(preset: Preset, min_lr: float = DEFAULT_MIN_LR, max_lr: float = DEFAULT_MAX_LR,
                   steps: int = DEFAULT_STEPS, *, on_point: Callable[[RangeTestPoint], None] | None = None,
                   should_stop: Callable[[], bool] | None = None, progress_bar: bool = False) -> RangeTestResult:
@@ -108,63 +148,52 @@ def lr_range_test(preset: Preset, min_lr: float = DEFAULT_MIN_LR, max_lr: float 
     if preset.optimizer.type in ADAPTIVE_OPTIMIZERS:
         raise ConfigError(f"'{preset.optimizer.type}' sets its own LR (its d); the range test is for optimizers "
                           "with a fixed LR (prodigy and dadapt_adam usually run at lr 1.0)", "optimizer.type")
-    from modules.training.trainer import make_accelerator
-
-    plan = build_step_plan(preset)
-    accelerator = make_accelerator(preset)
-    curve = build_lr_curve(plan, preset.optimizer)
-    dataset = build_dataset(preset, plan)
-    family = build_family(preset, plan)
-    model = family.model
-    optimizer = build_optimizer(model, preset, 0, family.parameter_components(), (curve.group_names, curve.base_lrs))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    ratios = [lr / (preset.optimizer.lr * plan.lr_scale) for lr in curve.base_lrs]
+    plan, accelerator, model, optimizer, dataset, parameters, ratios = set_up_sweep(preset, steps, progress_bar)
     lrs = swept_lrs(min_lr, max_lr, steps)
     seed = preset.training.seed
     result = RangeTestResult(min_lr=min_lr, max_lr=max_lr, planned_steps=steps, lr_scale=plan.lr_scale)
+    stream = dataset.stream(plan, seed, 0, 0, preset.data.num_workers)
     from tqdm.auto import tqdm
 
-    average, best = 0.0, math.inf
-    order_epoch, order = None, None
     model.train()
-    with tqdm(total=steps, disable=not progress_bar, unit="step", dynamic_ncols=True) as bar:
-        for index in range(steps):
-            epoch, step_in_epoch = plan.position(index)
-            if order_epoch != epoch:
-                order_epoch, order = epoch, dataset.epoch_order(seed, epoch)
-            for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-                group["lr"] = float(lrs[index]) * ratio
-            window = plan.micro_batch_window(step_in_epoch)
-            loss_sum = 0.0
-            for micro_batch in window:
-                global_micro_batch = epoch * plan.micro_batches_per_epoch + micro_batch
-                batch = dataset.micro_batch(order, plan, micro_batch, 0, seed, global_micro_batch)
-                generator = torch_generator(seed, global_micro_batch, 0)
-                loss = model(batch, generator)  # the family's loss of this micro-batch, as in training
-                accelerator.backward(loss / len(window))
-                loss_sum += float(loss.detach())
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_value = loss_sum / len(window)
-            if not math.isfinite(loss_value):
-                result.stop_reason = f"the loss is not finite at step {index} (lr {lrs[index]:.3g})"
-                break
-            average = SMOOTHING * average + (1 - SMOOTHING) * loss_value
-            smoothed = average / (1 - SMOOTHING ** (index + 1))
-            point = RangeTestPoint(index, float(lrs[index]), loss_value, smoothed)
-            result.points.append(point)
-            bar.update(1)
-            bar.set_postfix(lr=f"{lrs[index]:.2e}", loss=f"{smoothed:.4f}", refresh=False)
-            if on_point is not None:
-                on_point(point)
-            best = min(best, smoothed)
-            if smoothed > DIVERGENCE_FACTOR * best:
-                result.stop_reason = (f"the smoothed loss passed {DIVERGENCE_FACTOR:g}x its minimum at step {index} "
-                                      f"(lr {lrs[index]:.3g})")
-                break
-            if should_stop is not None and should_stop():
-                result.stop_reason = f"stopped by the user at step {index}"
-                break
+    try:
+        with tqdm(total=steps, disable=not progress_bar, unit="step", dynamic_ncols=True) as bar:
+            for index in range(steps):
+                for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+                    group["lr"] = float(lrs[index]) * ratio
+                outcome = optimizer_step(accelerator, model, optimizer, stream, window_of(plan, index), seed=seed,
+                                         rank=0, max_grad_norm=preset.training.max_grad_norm, parameters=parameters)
+                result.stop_reason = _record(result, index, float(lrs[index]), float(outcome.loss), on_point)
+                bar.update(1)
+                bar.set_postfix(lr=f"{lrs[index]:.2e}", loss=f"{result.points[-1].smoothed_loss:.4f}"
+                                if result.points else "", refresh=False)
+                if not result.stop_reason and should_stop is not None and should_stop():
+                    result.stop_reason = f"stopped by the user at step {index}"
+                if result.stop_reason:
+                    break
+    finally:
+        stream.close()
+    return _suggestion(result, min_lr)
+
+
+def _record(result: RangeTestResult, index: int, lr: float, loss: float, on_point) -> str:
+    """Add step `index`'s point (smoothed loss: bias-corrected EMA); the reason to stop there, or ""."""
+    if not math.isfinite(loss):
+        return f"the loss is not finite at step {index} (lr {lr:.3g})"
+    previous = result.points[-1].smoothed_loss * (1 - SMOOTHING ** index) if result.points else 0.0
+    average = SMOOTHING * previous + (1 - SMOOTHING) * loss
+    smoothed = average / (1 - SMOOTHING ** (index + 1))
+    point = RangeTestPoint(index, lr, loss, smoothed)
+    result.points.append(point)
+    if on_point is not None:
+        on_point(point)
+    best = min(p.smoothed_loss for p in result.points)
+    if smoothed > DIVERGENCE_FACTOR * best:
+        return f"the smoothed loss passed {DIVERGENCE_FACTOR:g}x its minimum at step {index} (lr {lr:.3g})"
+    return ""
+
+
+def _suggestion(result: RangeTestResult, min_lr: float) -> RangeTestResult:
     # The point that diverged is not a candidate: the suggestion comes from the descent before it.
     candidates = result.points[:-1] if result.stop_reason.startswith("the smoothed") else result.points
     chosen = suggest(np.array([p.lr for p in candidates]), np.array([p.smoothed_loss for p in candidates]))

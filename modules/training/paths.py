@@ -7,6 +7,7 @@
         model/                           the final model in diffusers format (see modules.families):
                                          unet: a DDPMPipeline folder; stable_diffusion(_xl): the pipeline
                                          folder (full) or pytorch_lora_weights + lora_kohya.safetensors (lora)
+        .training.lock                   held (fcntl.flock) by the training that owns the folder; holds its pid
         checkpoints/step-XXXXXXXX/       one complete checkpoint per folder:
             unet/                        unet family: save_pretrained of the weights (schedule-free: eval mode)
             trainable_weights.safetensors  text-to-image families: the trained tensors only (LoRA: adapters)
@@ -28,6 +29,7 @@ TENSORBOARD_DIR = "tensorboard"
 SAMPLES_DIR = "samples"
 FINAL_MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
+LOCK_FILE = ".training.lock"
 
 CHECKPOINT_PREFIX = "step-"
 TEMPORARY_PREFIX = "."

@@ -20,6 +20,15 @@ Contract (SPEC §1, §2, §4, §5, §6):
   changes no bit of the result. With data.cache_latents / cache_text_embeddings
   the caches are checked and completed before the first step
   (`modules.data.caches`) and serve the VAE's and text encoders' output.
+- The main process holds output.dir's lock for the whole run
+  (`modules.training.output_lock`): a second training into it is refused.
+  A checkpoint or final model that cannot be written (full disk, read-only
+  folder) is a ConfigError naming output.dir and the OS error; the temporary
+  folder is removed, the last complete checkpoint stays as it was.
+- One optimizer step is `modules.training.step.optimizer_step` (shared with
+  the LR range test). What a checkpoint carries besides the weights is the
+  list `modules.training.checkpointed_parts` (optimizer, grad scaler,
+  schedule-free train-mode weights); saving and resuming walk it.
 - Only the main process writes TensorBoard, lr_plan.csv, samples, checkpoints
   and the final model; every process writes its own RNG state.
 - The launched world size must equal `training.num_processes` (the plan is
@@ -44,12 +53,11 @@ import shlex
 import shutil
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from modules.config.preset import DEFAULT_GROUP_NAME, Preset
@@ -59,11 +67,13 @@ from modules.schedule.lr_curve import build_lr_curve
 from modules.schedule.step_plan import build_step_plan, describe_changes
 from modules.training import checkpoints, paths
 from modules.data.caches import cache_dir, check_cache_dir, prepare_caches
-from modules.data.datasets import build_dataset, torch_generator, training_sizes
+from modules.data.datasets import build_dataset, training_sizes
 from modules.families.base import build_family, family_class
 from modules.families.unet_models import check_training_sizes
-from modules.training.optimizers import (build_optimizer, effective_lrs, is_schedule_free, logged_lrs,
-                                         schedule_free_eval)
+from modules.training.checkpointed_parts import checkpointed_parts, load_family_weights, load_parts, parts_state
+from modules.training.optimizers import build_optimizer, is_schedule_free, logged_lrs, schedule_free_eval
+from modules.training.output_lock import hold_output_dir
+from modules.training.step import optimizer_step, seed_process_rng, window_of
 
 MIXED_PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -115,8 +125,283 @@ def make_accelerator(preset: Preset):
 def resume_command(checkpoint: Path, num_processes: int) -> str:
     """A command that continues from `checkpoint` (callers that know the real command line pass their own)."""
     interpreter = shlex.quote(sys.executable)
-    launcher = f"accelerate launch --num_processes {num_processes} " if num_processes > 1 else f"{interpreter} "
+    launcher = f"torchrun --nproc_per_node {num_processes} " if num_processes > 1 else f"{interpreter} "
     return f"{launcher}scripts/train.py {checkpoint / paths.CONFIG_FILE} --resume {checkpoint}"
+
+
+@dataclass
+class Run:
+    """What the loop works with, built once by `set_up` (names as in the module docstring)."""
+
+    preset: Preset
+    plan: object
+    curve: object
+    accelerator: object
+    output_dir: Path
+    family: object
+    model: object                 # the prepared loss model (DDP-wrapped on several processes)
+    optimizer: object
+    parts: list                   # checkpointed parts (modules.training.checkpointed_parts)
+    dataset: object
+    trained_parameters: list
+    say: Callable[[str], None]
+    tensorboard: object = None
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_schedule: bool = False,
+          on_step: Callable[[StepReport], None] | None = None,
+          should_stop: Callable[[], bool] | None = None,
+          log: Callable[[str], None] = print, progress_bar: bool = True,
+          resume_command_for: Callable[[Path], str] | None = None) -> TrainResult:
+    """Train `preset` for its plan's T optimizer steps (or resume); see the module docstring.
+
+    `resume_command_for(checkpoint)` gives the command printed (and returned) when stopped early
+    (the CLI passes the command line it was really started with); default: `resume_command`.
+    """
+    plan = build_step_plan(preset)
+    curve = build_lr_curve(plan, preset.optimizer)
+    output_dir = Path(preset.output.dir)
+    paths.check_output_dir(output_dir)
+    accelerator = make_accelerator(preset)
+    world = accelerator.num_processes
+    if world != plan.num_processes:
+        raise ConfigError(
+            f"is {plan.num_processes} but {world} processes were launched: "
+            f"set training.num_processes={world} (--set training.num_processes={world}) "
+            f"or launch {plan.num_processes}",
+            "training.num_processes",
+        )
+    say = log if accelerator.is_main_process else (lambda message: None)
+    with ExitStack() as stack:
+        _hold_output_dir(stack, accelerator, output_dir)
+        folder, loaded, changes = read_resume(preset, curve, output_dir, accelerator.process_index, resume,
+                                              rebase_schedule, say)
+        if loaded is not None and loaded.state.global_step >= plan.total_steps:
+            return finished_already(preset, plan, output_dir, folder, loaded, accelerator.is_main_process, say)
+        say(f"plan: {plan.summary()}")
+        for warning in plan.warnings:
+            say(f"warning: {warning}")
+        run = set_up(preset, plan, curve, accelerator, output_dir, loaded, say)
+        global_step = restore(run, loaded)
+        run.tensorboard = open_outputs(run, folder, loaded, changes, global_step)
+        if run.tensorboard is not None:
+            stack.callback(run.tensorboard.close)
+        if loaded is not None:
+            say(f"resuming from '{folder}' at step {global_step} of {plan.total_steps}")
+        say(f"model: {plan.model_type} ({preset.training.method}); device: {accelerator.device}, "
+            f"processes: {world}, mixed precision: {accelerator.mixed_precision}")
+        prepare_caches(preset, run.family, accelerator.unwrap_model(run.model), run.dataset, plan, run.rank,
+                       global_step, accelerator, say, progress_bar and run.is_main)
+        command_for = resume_command_for or (lambda checkpoint: resume_command(checkpoint, world))
+        return training_loop(run, global_step, folder, on_step=on_step, should_stop=should_stop,
+                             progress_bar=progress_bar, resume_command_for=command_for)
+
+
+def _hold_output_dir(stack: ExitStack, accelerator, output_dir: Path) -> None:
+    """The main process takes output.dir's lock for the run; every process of the job learns if it failed."""
+    refused = None
+    if accelerator.is_main_process:
+        try:
+            stack.enter_context(hold_output_dir(output_dir))
+        except ConfigError as error:
+            refused = error
+    if accelerator.num_processes > 1 and _any_process(accelerator, refused is not None):
+        refused = refused or ConfigError(f"'{output_dir}' is in use by another training", "output.dir")
+    if refused is not None:
+        raise refused
+
+
+def _any_process(accelerator, flag: bool) -> bool:
+    """True on every process when `flag` is true on at least one."""
+    value = torch.tensor([float(flag)], device=accelerator.device)
+    return bool(accelerator.reduce(value, reduction="sum").item() > 0)
+
+
+def read_resume(preset: Preset, curve, output_dir: Path, rank: int, resume, rebase_schedule: bool, say):
+    """(folder, loaded checkpoint, plan changes): everything read and checked before anything is touched."""
+    folder = _find_checkpoint(resume, output_dir)
+    if folder is None:
+        _refuse_to_overwrite(output_dir)
+    if preset.data.cache_latents or preset.data.cache_text_embeddings:
+        check_cache_dir(cache_dir(preset))
+    if folder is None:
+        return None, None, []
+    loaded = checkpoints.load_checkpoint(folder, rank, family_class(preset).read_checkpoint_weights)
+    changes = describe_changes(loaded.state.plan_identity, curve.identity())
+    if changes and not rebase_schedule:
+        raise PlanChangedError(str(folder), changes, loaded.state.global_step)
+    if changes:
+        say(f"rebasing onto the new plan at step {loaded.state.global_step}: {'; '.join(changes)}")
+    return folder, loaded, changes
+
+
+def finished_already(preset, plan, output_dir: Path, folder: Path, loaded, is_main: bool, say) -> TrainResult:
+    """A resume of a finished run: write the final model if it is missing, train nothing."""
+    final_model = output_dir / paths.FINAL_MODEL_DIR
+    if is_main and not final_model.is_dir():  # written by rename, so a folder there is complete
+        family = build_family(preset, plan)
+        load_family_weights(family, loaded.weights, folder)  # the eval-mode weights of the last checkpoint
+        write_final_model(family, output_dir)
+    say(f"this run already finished: {loaded.state.global_step} of {plan.total_steps} steps "
+        f"(checkpoint '{folder}'); the final model is in '{final_model}'")
+    return TrainResult(output_dir, loaded.state.global_step, plan.total_steps, True, folder, None)
+
+
+def set_up(preset: Preset, plan, curve, accelerator, output_dir: Path, loaded, say) -> Run:
+    """Data, model (with the checkpoint's weights), optimizer, prepared by accelerate; the checkpointed parts."""
+    dataset = build_dataset(preset, plan)
+    family = build_family(preset, plan)
+    check_training_sizes(family.size_multiple(), family.name, training_sizes(dataset), preset.model.resolution)
+    if loaded is not None:
+        load_family_weights(family, loaded.weights, loaded.folder)
+    if accelerator.mixed_precision in MIXED_PRECISION_DTYPES:
+        family.cast_for_mixed_precision(MIXED_PRECISION_DTYPES[accelerator.mixed_precision])
+    optimizer = build_optimizer(family.model, preset, plan.warmup_steps, family.parameter_components(),
+                                (curve.group_names, curve.base_lrs))
+    model, optimizer = accelerator.prepare(family.model, optimizer)
+    parts = checkpointed_parts(optimizer, preset.optimizer.type, accelerator.scaler, family,
+                               is_schedule_free(preset.optimizer.type))
+    # Listed once: walking a pipeline's module tree for its parameters costs milliseconds per step.
+    trained_parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    return Run(preset, plan, curve, accelerator, output_dir, family, model, optimizer, parts, dataset,
+               trained_parameters, say)
+
+
+def restore(run: Run, loaded) -> int:
+    """Load every checkpointed part and the RNG state (or seed a fresh run); the step training continues from."""
+    if loaded is None:
+        seed_process_rng(run.preset.training.seed, run.rank)
+        return 0
+    load_parts(run.parts, loaded.optimizer, loaded.folder)
+    checkpoints.restore_rng_state(loaded.rng)
+    return loaded.state.global_step
+
+
+def open_outputs(run: Run, folder, loaded, changes, global_step: int):
+    """Main process: lr_plan.csv, stale temporary checkpoints removed, the TensorBoard writer (else None)."""
+    if not run.is_main:
+        return None
+    output_dir, curve = run.output_dir, run.curve
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if loaded is not None and changes:  # rebased: the steps before global_step followed the old plan
+        earlier = checkpoints.earlier_lr_rows(output_dir, folder, loaded.state, curve.csv_header)
+        curve.write_csv(output_dir / paths.LR_PLAN_CSV, from_step=global_step, earlier=earlier)
+    else:
+        curve.write_csv(output_dir / paths.LR_PLAN_CSV)
+    checkpoints.remove_temporary_checkpoints(output_dir)
+    from modules.training.tensorboard_log import TensorBoardLog
+
+    return TensorBoardLog(output_dir, purge_step=global_step if loaded is not None else None)
+
+
+def train_one_step(run: Run, stream, global_step: int):
+    """Optimizer step `global_step` at its planned LR: (mean loss over every process, logged LRs, effective LRs)."""
+    set_learning_rates(run.optimizer, run.curve, global_step)
+    outcome = optimizer_step(run.accelerator, run.model, run.optimizer, stream, window_of(run.plan, global_step),
+                             seed=run.preset.training.seed, rank=run.rank,
+                             max_grad_norm=run.preset.training.max_grad_norm, parameters=run.trained_parameters)
+    names = run.curve.group_names
+    lrs = dict(zip(names, logged_lrs(run.optimizer)))
+    effective = dict(zip(names, outcome.effective_lrs)) if outcome.effective_lrs is not None else None
+    loss = outcome.loss
+    if run.accelerator.num_processes > 1:
+        loss = run.accelerator.reduce(loss, reduction="mean")
+    return float(loss), lrs, effective
+
+
+def training_loop(run: Run, global_step: int, last_checkpoint, *, on_step, should_stop, progress_bar: bool,
+                  resume_command_for) -> TrainResult:
+    """Steps global_step .. T-1: log, sample, checkpoint; stop at a step boundary when asked."""
+    from tqdm.auto import tqdm
+
+    plan, total_steps, say = run.plan, run.plan.total_steps, run.say
+    bar = tqdm(total=total_steps, initial=global_step, disable=not (progress_bar and run.is_main),
+               unit="step", dynamic_ncols=True)
+    first_step, started = global_step, time.perf_counter()
+    stream = run.dataset.stream(plan, run.preset.training.seed, run.rank, global_step, run.preset.data.num_workers)
+    run.model.train()
+    try:
+        while global_step < total_steps:
+            loss, lrs, effective = train_one_step(run, stream, global_step)
+            step, global_step = global_step, global_step + 1
+            elapsed = time.perf_counter() - started
+            eta = elapsed / (global_step - first_step) * (total_steps - global_step)
+            if run.is_main:
+                run.tensorboard.log_step(step, loss, lrs, effective)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs[DEFAULT_GROUP_NAME]:.3g}", refresh=False)
+                bar.update(1)
+                if on_step is not None:
+                    on_step(StepReport(step, total_steps, plan.position(step)[0], loss, lrs, elapsed, eta, effective))
+                if global_step in plan.sample_steps:
+                    save_samples(run, global_step)
+            stop = _agreed_stop(run, should_stop)
+            if global_step in plan.checkpoint_steps or (stop and global_step < total_steps):
+                if global_step == total_steps:
+                    save_final_model(run.accelerator, run.optimizer, run.family, run.output_dir, run.is_main)
+                last_checkpoint = save_checkpoint(run, global_step)
+                say_to_bar(bar, say, f"checkpoint: {last_checkpoint}")
+            if stop and global_step < total_steps:
+                command = resume_command_for(last_checkpoint)
+                say_to_bar(bar, say, f"stopped at step {global_step} of {total_steps}; resume with: {command}")
+                return TrainResult(run.output_dir, global_step, total_steps, False, last_checkpoint, command)
+    finally:
+        stream.close()
+        bar.close()
+    say(f"finished {total_steps} steps; final model: {run.output_dir / paths.FINAL_MODEL_DIR}")
+    return TrainResult(run.output_dir, global_step, total_steps, True, last_checkpoint, None)
+
+
+def _agreed_stop(run: Run, should_stop) -> bool:
+    """`should_stop()`, the same on every process (any process asking stops them all at this step)."""
+    stop = bool(should_stop()) if should_stop is not None else False
+    if run.accelerator.num_processes > 1:
+        stop = _any_process(run.accelerator, stop)
+    return stop
+
+
+def save_checkpoint(run: Run, step: int) -> Path:
+    """The checkpoint at optimizer step `step`, from every process (SPEC §6)."""
+    plan = run.plan
+    epoch, step_in_epoch = plan.position(step)
+    state = checkpoints.TrainingState(
+        global_step=step, epoch=epoch, step_in_epoch=step_in_epoch,
+        micro_batch_in_epoch=step_in_epoch * plan.gradient_accumulation_steps, seed=run.preset.training.seed,
+        total_steps=plan.total_steps, num_processes=run.accelerator.num_processes,
+        plan_fingerprint=plan.fingerprint, plan_identity=run.curve.identity(),
+    )
+
+    def save_weights(target: Path) -> None:
+        with schedule_free_eval(run.optimizer, run.accelerator.unwrap_model(run.model)):
+            run.family.save_checkpoint_weights(target)
+
+    return checkpoints.save_checkpoint(
+        run.output_dir, state, rank=run.rank, is_main=run.is_main, barrier=run.accelerator.wait_for_everyone,
+        save_weights=save_weights, optimizer_state=lambda: parts_state(run.parts),
+        config=run.preset.to_json_dict(), keep=run.preset.output.keep_checkpoints,
+    )
+
+
+def save_samples(run: Run, step: int) -> None:
+    """The family's samples at `step` (schedule-free: from the eval-mode weights) as PNGs and in TensorBoard."""
+    from PIL import Image
+
+    unwrapped = run.accelerator.unwrap_model(run.model)
+    with schedule_free_eval(run.optimizer, unwrapped), torch.no_grad(), run.accelerator.autocast():
+        images = run.family.sample(run.preset.training.seed)
+    samples_dir = run.output_dir / paths.SAMPLES_DIR
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        Image.fromarray((image * 255).round().clip(0, 255).astype("uint8")).save(
+            samples_dir / paths.sample_file(step, index))
+    run.tensorboard.log_samples(step, images)
 
 
 def _find_checkpoint(resume, output_dir: Path) -> Path | None:
@@ -157,233 +442,6 @@ def _replace_folder(temporary: Path, final: Path) -> None:
         os.replace(temporary, final)
 
 
-def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_schedule: bool = False,
-          on_step: Callable[[StepReport], None] | None = None,
-          should_stop: Callable[[], bool] | None = None,
-          log: Callable[[str], None] = print, progress_bar: bool = True,
-          resume_command_for: Callable[[Path], str] | None = None) -> TrainResult:
-    """Train `preset` for its plan's T optimizer steps (or resume); see the module docstring.
-
-    `resume_command_for(checkpoint)` gives the command printed (and returned) when stopped early
-    (the CLI passes the command line it was really started with); default: `resume_command`.
-    """
-    plan = build_step_plan(preset)
-    curve = build_lr_curve(plan, preset.optimizer)
-    output_dir = Path(preset.output.dir)
-    paths.check_output_dir(output_dir)
-    total_steps = plan.total_steps
-    seed = preset.training.seed
-
-    accelerator = make_accelerator(preset)
-    world, rank, is_main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
-    if world != plan.num_processes:
-        raise ConfigError(
-            f"is {plan.num_processes} but {world} processes were launched: "
-            f"set training.num_processes={world} (--set training.num_processes={world}) "
-            f"or launch {plan.num_processes}",
-            "training.num_processes",
-        )
-    say = log if is_main else (lambda message: None)
-
-    # --- resume: read and check everything before touching anything ---------
-    folder = _find_checkpoint(resume, output_dir)
-    if folder is None:
-        _refuse_to_overwrite(output_dir)
-    if preset.data.cache_latents or preset.data.cache_text_embeddings:
-        check_cache_dir(cache_dir(preset))
-    family_type = family_class(preset)
-    loaded = (checkpoints.load_checkpoint(folder, rank, family_type.read_checkpoint_weights)
-              if folder is not None else None)
-    if loaded is not None:
-        changes = describe_changes(loaded.state.plan_identity, curve.identity())
-        if changes and not rebase_schedule:
-            raise PlanChangedError(str(folder), changes, loaded.state.global_step)
-        if changes:
-            say(f"rebasing onto the new plan at step {loaded.state.global_step}: {'; '.join(changes)}")
-        if loaded.state.global_step >= total_steps:
-            final_model = output_dir / paths.FINAL_MODEL_DIR
-            if is_main and not final_model.is_dir():  # written by rename, so a folder there is complete
-                family = build_family(preset, plan)
-                _load_weights(family, loaded.weights, folder)  # the eval-mode weights of the last checkpoint
-                write_final_model(family, output_dir)
-            say(f"this run already finished: {loaded.state.global_step} of {total_steps} steps "
-                f"(checkpoint '{folder}'); the final model is in '{final_model}'")
-            return TrainResult(output_dir, loaded.state.global_step, total_steps, True, folder, None)
-
-    say(f"plan: {plan.summary()}")
-    for warning in plan.warnings:
-        say(f"warning: {warning}")
-
-    # --- data, model, optimizer ----------------------------------------------
-    dataset = build_dataset(preset, plan)
-    family = build_family(preset, plan)
-    check_training_sizes(family.size_multiple(), family.name, training_sizes(dataset), preset.model.resolution)
-    model = family.model
-    schedule_free = is_schedule_free(preset.optimizer.type)
-    if loaded is not None:
-        _load_weights(family, loaded.weights, folder)
-        if "train_weights" in loaded.optimizer:  # schedule-free: the weights training continues from
-            _load_weights(family, loaded.optimizer["train_weights"], folder)
-    if accelerator.mixed_precision in MIXED_PRECISION_DTYPES:
-        family.cast_for_mixed_precision(MIXED_PRECISION_DTYPES[accelerator.mixed_precision])
-    optimizer = build_optimizer(model, preset, plan.warmup_steps, family.parameter_components(),
-                                (curve.group_names, curve.base_lrs))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
-    device = accelerator.device
-    # Listed once: walking a pipeline's module tree for its parameters costs milliseconds per step.
-    trained_parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
-    if loaded is not None:
-        try:
-            optimizer.load_state_dict(loaded.optimizer["optimizer"])
-        except (ValueError, KeyError, RuntimeError):
-            raise ConfigError(f"'{folder / paths.OPTIMIZER_FILE}' does not fit optimizer.type "
-                              f"'{preset.optimizer.type}' and its param_groups (changed since the checkpoint?)",
-                              "optimizer.type") from None
-        if accelerator.scaler is not None and "scaler" in loaded.optimizer:
-            accelerator.scaler.load_state_dict(loaded.optimizer["scaler"])
-        checkpoints.restore_rng_state(loaded.rng)
-    else:  # what draws from the global torch RNG (LoRA dropout) starts from (seed, rank); a resume restores it
-        torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0] >> 1))
-    global_step = loaded.state.global_step if loaded is not None else 0
-    group_names = list(curve.group_names)
-
-    tensorboard = None
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if loaded is not None and changes:  # rebased: the steps before global_step followed the old plan
-            earlier = checkpoints.earlier_lr_rows(output_dir, folder, loaded.state, curve.csv_header)
-            curve.write_csv(output_dir / paths.LR_PLAN_CSV, from_step=global_step, earlier=earlier)
-        else:
-            curve.write_csv(output_dir / paths.LR_PLAN_CSV)
-        checkpoints.remove_temporary_checkpoints(output_dir)
-        from modules.training.tensorboard_log import TensorBoardLog
-
-        tensorboard = TensorBoardLog(output_dir, purge_step=global_step if loaded is not None else None)
-    if loaded is not None:
-        say(f"resuming from '{folder}' at step {global_step} of {total_steps}")
-    say(f"model: {plan.model_type} ({preset.training.method}); device: {device}, processes: {world}, "
-        f"mixed precision: {accelerator.mixed_precision}")
-
-    prepare_caches(preset, family, unwrapped, dataset, plan, rank, global_step, accelerator, say,
-                   progress_bar and is_main)
-    config = preset.to_json_dict()
-
-    def optimizer_state() -> dict:
-        state = {"optimizer": optimizer.state_dict()}
-        if accelerator.scaler is not None:
-            state["scaler"] = accelerator.scaler.state_dict()
-        if schedule_free:  # the train-mode weights, so training continues bit for bit
-            state["train_weights"] = family.trainable_state_dict()
-        return state
-
-    def save_weights(target: Path) -> None:
-        with schedule_free_eval(optimizer, unwrapped):
-            family.save_checkpoint_weights(target)
-
-    def save_checkpoint(step: int) -> Path:
-        epoch, step_in_epoch = plan.position(step)
-        state = checkpoints.TrainingState(
-            global_step=step, epoch=epoch, step_in_epoch=step_in_epoch,
-            micro_batch_in_epoch=step_in_epoch * plan.gradient_accumulation_steps, seed=seed,
-            total_steps=total_steps, num_processes=world, plan_fingerprint=plan.fingerprint,
-            plan_identity=curve.identity(),
-        )
-        return checkpoints.save_checkpoint(
-            output_dir, state, rank=rank, is_main=is_main, barrier=accelerator.wait_for_everyone,
-            save_weights=save_weights, optimizer_state=optimizer_state, config=config,
-            keep=preset.output.keep_checkpoints,
-        )
-
-    def save_samples(step: int) -> None:
-        from PIL import Image
-
-        with schedule_free_eval(optimizer, unwrapped), torch.no_grad(), accelerator.autocast():
-            images = family.sample(seed)
-        samples_dir = output_dir / paths.SAMPLES_DIR
-        samples_dir.mkdir(parents=True, exist_ok=True)
-        for index, image in enumerate(images):
-            Image.fromarray((image * 255).round().clip(0, 255).astype("uint8")).save(
-                samples_dir / paths.sample_file(step, index))
-        tensorboard.log_samples(step, images)
-
-    # --- the loop --------------------------------------------------------------
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total_steps, initial=global_step, disable=not (progress_bar and is_main),
-               unit="step", dynamic_ncols=True)
-    checkpoint_steps = plan.checkpoint_steps  # the last step included; membership is arithmetic, not a set
-    sample_steps = plan.sample_steps
-    micro_batches_per_epoch = plan.micro_batches_per_epoch
-    last_checkpoint = folder
-    first_step, started = global_step, time.perf_counter()
-    stream = dataset.stream(plan, seed, rank, global_step, preset.data.num_workers)
-    stop_flag = torch.zeros(1, device=device)
-    model.train()
-    try:
-        while global_step < total_steps:
-            epoch, step_in_epoch = plan.position(global_step)
-            window = plan.micro_batch_window(step_in_epoch)
-            in_window = len(window)
-            set_learning_rates(optimizer, curve, global_step)
-            loss_sum = torch.zeros((), device=device)
-            for position, micro_batch in enumerate(window):
-                global_micro_batch = epoch * micro_batches_per_epoch + micro_batch
-                batch = stream.take(global_micro_batch)
-                generator = torch_generator(seed, global_micro_batch, rank)
-                last = position == in_window - 1
-                with nullcontext() if last else accelerator.no_sync(model):
-                    loss = model(batch, generator)  # the family's loss of this micro-batch
-                    accelerator.backward(loss / in_window)
-                loss_sum += loss.detach()
-            if preset.training.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(trained_parameters, preset.training.max_grad_norm)
-            adaptive = effective_lrs(optimizer)  # before step(): the d this step applies
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            lrs = dict(zip(group_names, logged_lrs(optimizer)))
-            effective = dict(zip(group_names, adaptive)) if adaptive is not None else None
-            mean_loss = loss_sum / in_window
-            if world > 1:
-                mean_loss = accelerator.reduce(mean_loss, reduction="mean")
-            loss_value = float(mean_loss)
-            step = global_step
-            global_step += 1
-
-            elapsed = time.perf_counter() - started
-            eta = elapsed / (global_step - first_step) * (total_steps - global_step)
-            if is_main:
-                tensorboard.log_step(step, loss_value, lrs, effective)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[DEFAULT_GROUP_NAME]:.3g}", refresh=False)
-                bar.update(1)
-                if on_step is not None:
-                    on_step(StepReport(step, total_steps, epoch, loss_value, lrs, elapsed, eta, effective))
-                if global_step in sample_steps:
-                    save_samples(global_step)
-
-            stop = bool(should_stop()) if should_stop is not None else False
-            if world > 1:  # every process stops at the same step
-                stop_flag.fill_(float(stop))
-                stop = bool(accelerator.reduce(stop_flag, reduction="sum").item() > 0)
-            if global_step in checkpoint_steps or (stop and global_step < total_steps):
-                if global_step == total_steps:
-                    save_final_model(accelerator, optimizer, family, output_dir, is_main)
-                last_checkpoint = save_checkpoint(global_step)
-                say_to_bar(bar, say, f"checkpoint: {last_checkpoint}")
-            if stop and global_step < total_steps:
-                command = (resume_command_for(last_checkpoint) if resume_command_for is not None
-                           else resume_command(last_checkpoint, world))
-                say_to_bar(bar, say, f"stopped at step {global_step} of {total_steps}; resume with: {command}")
-                return TrainResult(output_dir, global_step, total_steps, False, last_checkpoint, command)
-    finally:
-        stream.close()
-        bar.close()
-        if tensorboard is not None:
-            tensorboard.close()
-    say(f"finished {total_steps} steps; final model: {output_dir / paths.FINAL_MODEL_DIR}")
-    return TrainResult(output_dir, global_step, total_steps, True, last_checkpoint, None)
-
-
 def say_to_bar(bar, say, message: str) -> None:
     """Print above a live progress bar without breaking it."""
     if bar.disable:
@@ -403,18 +461,17 @@ def save_final_model(accelerator, optimizer, family, output_dir: Path, is_main: 
 
 
 def write_final_model(family, output_dir: Path) -> None:
-    """The family's final model into a temporary folder, then renamed to output.dir/model."""
+    """The family's final model into a temporary folder, then renamed to output.dir/model.
+
+    A write that fails (full disk, read-only folder) removes the temporary folder and is a
+    ConfigError naming output.dir and the OS error.
+    """
     final = output_dir / paths.FINAL_MODEL_DIR
     temporary = final.with_name(paths.TEMPORARY_PREFIX + final.name + paths.TEMPORARY_SUFFIX)
     shutil.rmtree(temporary, ignore_errors=True)
-    family.save_final_model(temporary)
-    _replace_folder(temporary, final)
-
-
-def _load_weights(family, weights: dict, folder: Path) -> None:
     try:
-        family.load_trainable_state_dict(weights)
-    except RuntimeError:
-        raise ConfigError(f"the weights in '{folder}' do not fit the model of this preset "
-                          "(model.config / model.path / model.type / training.method / lora changed since the "
-                          "checkpoint)", "model") from None
+        family.save_final_model(temporary)
+        _replace_folder(temporary, final)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise checkpoints.write_error(output_dir, "the final model", error) from None

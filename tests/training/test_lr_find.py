@@ -88,3 +88,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, words):
 def test_bad_sweeps_are_named(tmp_path, min_lr, max_lr, steps, words):
     with pytest.raises(ConfigError, match=words):
         lr_range_test(tiny_preset(tmp_path), min_lr, max_lr, steps)
+
+
+def test_lr_find_runs_what_training_runs_buckets_and_clipping(tmp_path):
+    """The demo preset with buckets (the range test reads the data as the trainer does) and clipping."""
+    result = run(ROOT / "training_presets" / "demo.json", "--set", "data.buckets=true", "--set", "data.bucket_step=8",
+                 "--set", "training.max_grad_norm=1.0", "--set", "training.device=cpu",
+                 "--set", f"output.dir={tmp_path / 'out'}", "--steps", "12", "--csv", tmp_path / "range.csv")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout.strip().splitlines()[-1].startswith("suggested lr: ")
+    assert len((tmp_path / "range.csv").read_text().splitlines()) == 13  # header + 12 steps, longer than nothing
+    assert not (tmp_path / "out").exists()

@@ -21,7 +21,7 @@ from tests.training_helpers import assert_same_weights, final_weights, one_threa
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "train.py"
-ACCELERATE = Path(sys.executable).with_name("accelerate")
+TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -38,6 +38,12 @@ def write_preset(tmp_path: Path, name: str = "preset.json", **sections) -> Path:
 
 def train_command(*args) -> list[str]:
     return [sys.executable, str(SCRIPT), *map(str, args), "--no-progress"]
+
+
+def shell_path(path) -> str:
+    """A path as the printed resume command names it when run from ROOT: relative inside ROOT, else absolute."""
+    path = Path(os.path.abspath(path))
+    return os.path.relpath(path, ROOT) if path.is_relative_to(ROOT) else str(path)
 
 
 def run(command: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -120,7 +126,7 @@ def test_sigterm_then_sigkill_mid_checkpoint_then_resume_equals_a_straight_run(t
     resume_lines = [line for line in stdout.splitlines() if "resume with: " in line]
     assert len(resume_lines) == 1 and "to resume" not in stdout  # one command, not two
     printed = resume_lines[0].split("resume with: ", 1)[1]
-    assert printed == shlex.join([os.path.relpath(sys.executable, ROOT), "scripts/train.py", str(preset),
+    assert printed == shlex.join([shell_path(sys.executable), "scripts/train.py", str(preset),
                                   "--resume", "--no-progress"])
     stopped_at = newest_step(output)
     assert 2 <= stopped_at < total
@@ -154,9 +160,12 @@ def test_sigterm_then_sigkill_mid_checkpoint_then_resume_equals_a_straight_run(t
     assert events["lr/unet"] == scalar_events(straight.output.dir)["lr/unet"]
 
 
-def accelerate_launch(*args) -> list[str]:
-    return [str(ACCELERATE), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), *map(str, args), "--no-progress"]
+def torchrun_launch(*args) -> list[str]:
+    """Two CPU processes (gloo) of scripts/train.py, started by torchrun as a user starts them."""
+    return [str(TORCHRUN), "--nproc_per_node", "2", str(SCRIPT), *map(str, args), "--no-progress"]
+
+
+accelerate_launch = torchrun_launch  # the name tests/data/ import for their two-process runs
 
 
 def test_two_cpu_processes_follow_the_plan_and_resume_exactly(tmp_path):
@@ -167,7 +176,7 @@ def test_two_cpu_processes_follow_the_plan_and_resume_exactly(tmp_path):
     total = preview.plan.total_steps
     assert preview.plan.num_processes == 2 and total == 6  # 7 samples over 2 processes: 4 micro-batches, 2 steps
 
-    first = run(accelerate_launch(straight), timeout=180)
+    first = run(torchrun_launch(straight), timeout=180)
     assert first.returncode == 0, first.stderr
     assert "processes: 2" in first.stdout and first.stdout.count("finished 6 steps") == 1
 
@@ -182,13 +191,13 @@ def test_two_cpu_processes_follow_the_plan_and_resume_exactly(tmp_path):
     assert sorted(path.name for path in (tmp_path / "straight" / "checkpoints" / "step-00000006").glob("rng*")) == [
         "rng_state_0.pt", "rng_state_1.pt"]
 
-    second = run(accelerate_launch(stopped, "--stop-at-step", 2), timeout=180)
+    second = run(torchrun_launch(stopped, "--stop-at-step", 2), timeout=180)
     assert second.returncode == 0, second.stderr
     resume_lines = [line for line in second.stdout.splitlines() if "resume with: " in line]
     assert len(resume_lines) == 1 and "to resume" not in second.stdout
     printed = shlex.split(resume_lines[0].split("resume with: ", 1)[1])
-    # The launcher line as it was really run (with --cpu), this script, the preset, --resume.
-    assert printed == [os.path.relpath(ACCELERATE, ROOT), *accelerate_launch(stopped)[1:-3], "scripts/train.py",
+    # The launcher as this process can know it (WORLD_SIZE, LOCAL_WORLD_SIZE), this script, the preset, --resume.
+    assert printed == [shell_path(TORCHRUN), "--nproc_per_node", "2", "scripts/train.py",
                        str(stopped), "--resume", "--no-progress"]
     third = run(printed, timeout=180)
     assert third.returncode == 0, third.stderr
@@ -214,25 +223,60 @@ def test_first_signal_requests_a_stop_and_a_second_ctrl_c_aborts():
     stop._handle(signal.SIGTERM, None)
     assert stop()
     stop._handle(signal.SIGTERM, None)  # a repeated SIGTERM keeps waiting for the checkpoint
+    stop._handle(signal.SIGINT, None)  # at once: the same Ctrl+C forwarded by the launcher (torchrun)
+    stop.first_at -= 2 * stop.REPEAT_SECONDS
     with pytest.raises(KeyboardInterrupt):
-        stop._handle(signal.SIGINT, None)
+        stop._handle(signal.SIGINT, None)  # a second Ctrl+C, later
 
 
-def test_accelerate_cpu_launch_size_is_read_from_the_launcher(tmp_path, monkeypatch):
+@pytest.mark.parametrize("environment_values, launcher", [
+    ({}, ["PYTHON"]),
+    ({"WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}, ["PYTHON"]),
+    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, ["TORCHRUN", "--nproc_per_node", "2"]),
+    ({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}, ["TORCHRUN", "--nproc_per_node", "4", "--nnodes", "2"]),
+    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "ACCELERATE_MIXED_PRECISION": "bf16"},
+     ["ACCELERATE", "launch", "--num_processes", "2"]),
+])
+def test_the_resume_command_names_the_launcher_from_the_environment(monkeypatch, environment_values, launcher):
     script = load_script()
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    launcher = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)",
-                                 "--num_processes", "3"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert launcher.stdout.readline().strip() == "up"  # its command line is in place
-        monkeypatch.setattr(os, "getppid", lambda: launcher.pid)
-        assert script.cpu_launch_world_size() == 3
-        monkeypatch.setenv("WORLD_SIZE", "3")  # already one of N launched processes
-        assert script.cpu_launch_world_size() == 1
-    finally:
-        launcher.kill()
-        launcher.wait()
+    for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "ACCELERATE_MIXED_PRECISION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment_values.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(ROOT)
+    names = {"PYTHON": sys.executable, "TORCHRUN": str(TORCHRUN),
+             "ACCELERATE": str(Path(sys.executable).with_name("accelerate"))}
+    expected = [shell_path(names[word]) if word in names else word for word in launcher]
+    args = script.parse_args(["preset.json", "--set", "training.epochs=2"])
+    assert shlex.split(script.cli_resume_command(args)) == [*expected, "scripts/train.py", "preset.json", "--set",
+                                                            "training.epochs=2", "--resume"]
+
+
+def test_a_launched_world_size_other_than_num_processes_is_one_line_exit_2(tmp_path):
+    preset = write_preset(tmp_path)  # training.num_processes 1, two processes launched
+    result = run(torchrun_launch(preset), timeout=180)
+    assert result.returncode != 0
+    # Our one line, said by rank 0 only; each process exits 2 (torchrun adds its own report of the failed job).
+    errors = [line for line in result.stderr.splitlines() if "train.py: error: " in line]
+    assert len(errors) == 1 and "training.num_processes: is 1 but 2 processes were launched" in errors[0]
+    assert "exitcode  : 2" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_script_launches_no_process_of_its_own():
+    text = SCRIPT.read_text()
+    assert "/proc/" not in text and "multiprocessing" not in text
+
+
+def test_ctrl_c_to_the_process_group_is_said_once_not_once_per_data_worker(tmp_path):
+    preset = write_preset(tmp_path, training={"epochs": 200}, data={"num_workers": 2},
+                          output={"checkpoint_every": 10, "keep_checkpoints": 2})
+    output = tmp_path / "out"
+    process = subprocess.Popen(train_command(preset), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=environment(), cwd=ROOT, start_new_session=True)
+    wait_for(lambda: newest_step(output) >= 10, process)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl+C does: the training and its data workers
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert stderr.count("SIGINT: stopping after the current optimizer step") == 1, stderr
+    assert stdout.count("resume with: ") == 1
