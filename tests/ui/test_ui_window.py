@@ -356,3 +356,28 @@ def test_find_lr_runs_in_the_background_plots_and_sets_the_suggested_lr(app, dis
     app.close_lr_find()
     assert app.lr_find_window is None
 
+
+def test_closing_the_app_ends_a_running_find_lr(display, tmp_path, monkeypatch):
+    """The Find LR window owns its child process: destroying the app (its master) ends the sweep."""
+    import ui.views.lr_find_window as lr_find_window
+    from ui.app import App
+    from ui.controllers.preset_draft import PresetDraft
+
+    killed = []
+
+    class RecordingProcess(lr_find_window.LrFindProcess):
+        def kill(self):
+            killed.append(self)
+            super().kill()
+
+    monkeypatch.setattr(lr_find_window, "LrFindProcess", RecordingProcess)
+    raw = {"version": 1, "model": {"config": "tiny", "resolution": 16},
+           "data": {"path": str(make_images(tmp_path / "images", 3))},
+           "training": {"epochs": 1, "batch_size": 1, "device": "cpu"}, "output": {"dir": str(tmp_path / "out")}}
+    window = App(PresetDraft(raw))
+    pump(window, lambda: window.preview_state is not None and window.preview_state.fresh)
+    window.open_lr_find()
+    window.lr_find_window.start_button.invoke()
+    assert window.lr_find.active and not killed
+    window.destroy()
+    assert len(killed) == 1
