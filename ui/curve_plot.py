@@ -145,45 +145,8 @@ class PreviewPlot:
         # the applied one is computed on the whole-plan fast path.
         multipliers = curve.effective_multipliers if plan.schedule.schedule_free else curve.applied_multipliers
         steps, low, high = envelope(multipliers, self.max_line_points)
-        added = []
-
-        if plan.warmup_steps:
-            added.append(axes.axvspan(0, plan.warmup_steps, color=theme["warmup"], alpha=0.3, lw=0, label="warmup"))
-        # Count first: a million-step plan has hundreds of thousands of epoch starts, none of them drawn.
-        if plan.num_epochs - 1 <= MAX_MARKS:
-            for index, step in enumerate(plan.epoch_starts[1:]):
-                added.append(axes.axvline(step, color=theme["epoch"], lw=0.6, alpha=0.6,
-                                          label="epoch start" if index == 0 else None))
-        cycle_starts = plan.cycle_starts
-        if len(cycle_starts) <= MAX_MARKS:
-            for index, step in enumerate(cycle_starts):
-                added.append(axes.axvline(step, color=theme["cycle"], lw=0.8, ls="--", alpha=0.7,
-                                          label=None if index else
-                                          "phase start" if plan.schedule.type == "sequence" else "cycle start"))
-
-        colors = theme["colors"]
-        self.curve_artists = {}
-        stop_steps = curve.stop_steps or (None,) * len(curve.group_names)
-        for index, name in enumerate(curve.group_names):
-            color = colors[index % len(colors)]
-            group_low, group_high = stopped_envelope(curve.base_lrs[index], steps, low, high, total,
-                                                     stop_steps[index])
-            if total <= self.max_line_points:
-                # steps-post: the LR of step k holds from k to k + 1, so repeat the last value at T.
-                (self.curve_artists[name],) = axes.plot(
-                    np.append(steps, total), np.append(group_high, group_high[-1]), color=color, lw=1.6,
-                    label=f"lr/{name}", drawstyle="steps-post")
-            else:
-                # Each bin is a rectangle from its low to its high, held until the next bin starts.
-                edges = np.append(steps, total)
-                self.curve_artists[name] = axes.fill_between(
-                    np.repeat(edges, 2)[1:-1], np.repeat(group_low, 2), np.repeat(group_high, 2),
-                    color=color, alpha=0.55, lw=0.8, label=f"lr/{name} (min-max)")
-            added.append(self.curve_artists[name])
-            if actual and name in actual:
-                done_steps, done_lrs = actual[name]
-                added.extend(axes.plot(done_steps, done_lrs, ".", color=color, ms=5,
-                                       markeredgecolor=theme["foreground"], mew=0.4, label=f"lr/{name} used"))
+        added = self._draw_marks(plan)
+        added.extend(self._draw_groups(curve, total, steps, low, high, actual))
 
         checkpoints = plan.checkpoint_steps
         if checkpoints and len(checkpoints) <= MAX_MARKS:
@@ -209,6 +172,54 @@ class PreviewPlot:
             for artist in added:
                 artist.set_animated(True)
         return axes
+
+    def _draw_marks(self, plan) -> list:
+        """The warmup span, the epoch starts and the cycle (or phase) starts."""
+        axes, theme = self.axes, self.theme
+        added = []
+        if plan.warmup_steps:
+            added.append(axes.axvspan(0, plan.warmup_steps, color=theme["warmup"], alpha=0.3, lw=0, label="warmup"))
+        # Count first: a million-step plan has hundreds of thousands of epoch starts, none of them drawn.
+        if plan.num_epochs - 1 <= MAX_MARKS:
+            for index, step in enumerate(plan.epoch_starts[1:]):
+                added.append(axes.axvline(step, color=theme["epoch"], lw=0.6, alpha=0.6,
+                                          label="epoch start" if index == 0 else None))
+        cycle_starts = plan.cycle_starts
+        if len(cycle_starts) <= MAX_MARKS:
+            for index, step in enumerate(cycle_starts):
+                added.append(axes.axvline(step, color=theme["cycle"], lw=0.8, ls="--", alpha=0.7,
+                                          label=None if index else
+                                          "phase start" if plan.schedule.type == "sequence" else "cycle start"))
+        return added
+
+    def _draw_groups(self, curve, total: int, steps, low, high, actual: dict | None) -> list:
+        """Each group's LR curve (a line, or min-max bins for `total` steps binned) and the LR it really used."""
+        axes, theme = self.axes, self.theme
+        added = []
+        colors = theme["colors"]
+        self.curve_artists = {}
+        stop_steps = curve.stop_steps or (None,) * len(curve.group_names)
+        for index, name in enumerate(curve.group_names):
+            color = colors[index % len(colors)]
+            group_low, group_high = stopped_envelope(curve.base_lrs[index], steps, low, high, total,
+                                                     stop_steps[index])
+            if total <= self.max_line_points:
+                # steps-post: the LR of step k holds from k to k + 1, so repeat the last value at T.
+                (self.curve_artists[name],) = axes.plot(
+                    np.append(steps, total), np.append(group_high, group_high[-1]), color=color, lw=1.6,
+                    label=f"lr/{name}", drawstyle="steps-post")
+            else:
+                # Each bin is a rectangle from its low to its high, held until the next bin starts.
+                edges = np.append(steps, total)
+                self.curve_artists[name] = axes.fill_between(
+                    np.repeat(edges, 2)[1:-1], np.repeat(group_low, 2), np.repeat(group_high, 2),
+                    color=color, alpha=0.55, lw=0.8, label=f"lr/{name} (min-max)")
+            added.append(self.curve_artists[name])
+            if actual and name in actual:
+                done_steps, done_lrs = actual[name]
+                added.extend(axes.plot(done_steps, done_lrs, ".", color=color, ms=5,
+                                       markeredgecolor=theme["foreground"], mew=0.4, label=f"lr/{name} used"))
+        return added
 
     def _draw_legend(self, artists: list, labels: tuple) -> None:
         theme, axes = self.theme, self.axes

@@ -18,7 +18,7 @@ plan" buttons), not for the command line's flags. The child ends with
 exactly one "finished" or "failed". `stop()` sets a multiprocessing Event the trainer polls after each optimizer step
 (`should_stop`): it writes a checkpoint and returns, which is reported as
 "finished" with `finished` False. `events()` drains the queue without
-blocking (the app calls it from `after`); if the child dies without a final
+blocking (the Run tab, `ui.views.run_tab`, calls it from `after`); if the child dies without a final
 event, a "failed" event saying so is synthesised.
 """
 

@@ -35,8 +35,8 @@ def app(display, tmp_path):
     window.geometry("1280x800+0+0")
     pump(window, lambda: window.preview_state is not None and window.preview_state.fresh)
     yield window
-    if window.training is not None:
-        window.training.kill()
+    if window.run_tab.training is not None:
+        window.run_tab.training.kill()
     window.destroy()
 
 
@@ -85,22 +85,23 @@ def type_into(entry, text: str) -> None:
 
 
 def plotted(window, group: str) -> np.ndarray:
-    return np.asarray(window.preview_panel.plot.curve_artists[group].get_ydata())
+    return np.asarray(window.settings.scheduler_tab.preview_panel.plot.curve_artists[group].get_ydata())
 
 
 def test_editing_a_field_redraws_the_preview_once_after_the_debounce(app, display):
     select_tab(app, "Training")
     before_lrs = plotted(app, "unet").copy()
-    before_redraws = app.redraws
+    before_redraws = app.live_preview.redraws
     entry = app.field_row("optimizer.lr").input
     type_into(entry, "0.0005")
-    assert app.redraws == before_redraws  # nothing is recomputed while the user is typing
-    pump(app, lambda: app.redraws > before_redraws)
+    assert app.live_preview.redraws == before_redraws  # nothing is recomputed while the user is typing
+    pump(app, lambda: app.live_preview.redraws > before_redraws)
     settle(app)
-    assert app.redraws == before_redraws + 1
+    assert app.live_preview.redraws == before_redraws + 1
     after_lrs = plotted(app, "unet")
     np.testing.assert_allclose(after_lrs, before_lrs * 0.5)
-    assert app.preview_panel.summary.cget("text").startswith("7 images x 1 repeat, batch 1, accumulation 2 -> 4 steps")
+    summary = app.settings.scheduler_tab.preview_panel.summary.cget("text")
+    assert summary.startswith("7 images x 1 repeat, batch 1, accumulation 2 -> 4 steps")
 
     select_tab(app, "Scheduler")
     type_into(app.field_row("scheduler.warmup").input, "1 epochs")
@@ -113,13 +114,13 @@ def test_a_curve_only_edit_reaches_the_screen(app, display):
     """min_factor leaves the axes as they are: the curve is drawn over the kept background."""
     select_tab(app, "Scheduler")
     settle(app)
-    canvas = app.preview_panel.canvas.get_tk_widget()
+    canvas = app.settings.scheduler_tab.preview_panel.canvas.get_tk_widget()
     before = canvas_pixels(canvas, display)
-    full_draws = app.preview_panel.plot.full_draws
+    full_draws = app.settings.scheduler_tab.preview_panel.plot.full_draws
     type_into(app.field_row("scheduler.min_factor").input, "0.5")
     pump(app, lambda: app.preview_state.fresh and app.preview_state.preview.plan.schedule.min_factor == 0.5)
     settle(app)
-    assert app.preview_panel.plot.full_draws == full_draws  # the fast path was taken
+    assert app.settings.scheduler_tab.preview_panel.plot.full_draws == full_draws  # the fast path was taken
     after = canvas_pixels(canvas, display)
     assert before.shape == after.shape
     assert np.abs(after.astype(int) - before.astype(int)).sum(axis=2).astype(bool).mean() > 0.005
@@ -158,7 +159,7 @@ def test_switching_the_schedule_type_shows_only_its_fields(app, display):
     menu = app.field_row("scheduler.type").input
     menu._dropdown_callback("sine")  # what choosing the entry in the menu does
     pump(app, lambda: app.preview_state.fresh and app.preview_state.preview.plan.schedule.type == "sine")
-    visible = app.scheduler_panel.visible_keys()
+    visible = app.settings.scheduler_tab.scheduler_panel.visible_keys()
     assert "scheduler.period" in visible and "scheduler.cycles" not in visible
     assert app.field_row("scheduler.period").get_value() == "1 epochs"
 
@@ -169,9 +170,9 @@ def test_the_plots_follow_a_switch_to_dark_mode(app, display):
     select_tab(app, "Scheduler")
     ctk.set_appearance_mode("dark")  # what customtkinter does when the system switches
     try:
-        pump(app, lambda: app.preview_panel.plot.dark, timeout_seconds=5)
+        pump(app, lambda: app.settings.scheduler_tab.preview_panel.plot.dark, timeout_seconds=5)
         settle(app, 0.4)
-        assert app.preview_panel.figure.get_facecolor() != (1.0, 1.0, 1.0, 1.0)
+        assert app.settings.scheduler_tab.preview_panel.figure.get_facecolor() != (1.0, 1.0, 1.0, 1.0)
         screenshot(app, display, "scheduler_tab_dark.png")
     finally:
         ctk.set_appearance_mode("light")
@@ -182,21 +183,21 @@ def test_start_trains_the_settings_on_screen_and_draws_the_lr_used(app, display)
     type_into(app.field_row("training.epochs").input, "2")
     pump(app, lambda: app.preview_state.fresh and app.preview_state.preview.plan.total_steps == 8)
     select_tab(app, "Run")
-    app.run_panel.start_button.invoke()
-    assert app.run.status == "running"
-    pump(app, lambda: not app.run.active, timeout_seconds=180)
+    app.run_tab.panel.start_button.invoke()
+    assert app.run_tab.run.status == "running"
+    pump(app, lambda: not app.run_tab.run.active, timeout_seconds=180)
     settle(app, 0.8)
-    assert app.run.status == "finished", app.run.log_lines
-    planned = app.run.planned
+    assert app.run_tab.run.status == "finished", app.run_tab.run.log_lines
+    planned = app.run_tab.run.planned
     assert planned.plan.total_steps == 8
-    used = {line.get_label(): line for line in app.run_panel.lr_plot.axes.lines}
+    used = {line.get_label(): line for line in app.run_tab.panel.lr_plot.axes.lines}
     for index, name in enumerate(planned.curve.group_names):
         dots = used[f"lr/{name} used"]
         np.testing.assert_array_equal(dots.get_xdata(), np.arange(8))
         assert list(dots.get_ydata()) == [planned.curve.effective_lrs(k)[index] for k in range(8)]
-    assert len(app.run_panel.loss_line.get_xdata()) == 8
-    assert app.run_panel.progress_label.cget("text").startswith("step 8 / 8 (100%)")
-    assert "finished 8 steps" in app.run_panel.log_box.get("1.0", "end")
+    assert len(app.run_tab.panel.loss_line.get_xdata()) == 8
+    assert app.run_tab.panel.progress_label.cget("text").startswith("step 8 / 8 (100%)")
+    assert "finished 8 steps" in app.run_tab.panel.log_box.get("1.0", "end")
     screenshot(app, display, "run_tab_finished.png")
 
 
@@ -207,14 +208,14 @@ def test_a_trainer_error_shows_in_the_run_tab(app, display, tmp_path):
     type_into(app.field_row("model.path").input, str(tmp_path / "no_model_here"))
     pump(app, lambda: app.preview_state.fresh and app.draft.value("model.path"))
     select_tab(app, "Run")
-    app.run_panel.start_button.invoke()
-    pump(app, lambda: not app.run.active, timeout_seconds=120)
+    app.run_tab.panel.start_button.invoke()
+    pump(app, lambda: not app.run_tab.run.active, timeout_seconds=120)
     settle(app)
-    assert app.run.status == "failed"
-    assert app.run.error.startswith("model.path:") and "does not exist" in app.run.error
+    assert app.run_tab.run.status == "failed"
+    assert app.run_tab.run.error.startswith("model.path:") and "does not exist" in app.run_tab.run.error
     screenshot(app, display, "run_tab_error.png")
-    assert app.run_panel.error_label.winfo_ismapped()
-    assert app.run_panel.error_label.cget("text") == app.run.error
+    assert app.run_tab.panel.error_label.winfo_ismapped()
+    assert app.run_tab.panel.error_label.cget("text") == app.run_tab.run.error
 
 
 # --- what a new user hits ---------------------------------------------------------------
@@ -257,11 +258,11 @@ def test_processes_2_is_refused_at_the_field_and_by_start(app, display):
     assert row.message.winfo_ismapped()
     screenshot(app, display, "training_tab_processes.png")
     select_tab(app, "Run")
-    app.run_panel.start_button.invoke()
-    assert app.training is None and app.run.status == "idle"
-    assert app.run.error.startswith("Not started: training.num_processes:")
+    app.run_tab.panel.start_button.invoke()
+    assert app.run_tab.training is None and app.run_tab.run.status == "idle"
+    assert app.run_tab.run.error.startswith("Not started: training.num_processes:")
     settle(app, 0.2)
-    assert app.run_panel.error_label.winfo_ismapped()
+    assert app.run_tab.panel.error_label.winfo_ismapped()
 
 
 def test_a_refused_length_marks_its_field_and_the_window_keeps_responding(app, display, monkeypatch):
@@ -311,7 +312,8 @@ def test_an_invalid_entry_stays_in_place_and_its_message_fits_the_panel(app, dis
     settle(app)
     assert row.message.winfo_ismapped() and len(row.error) > 60
     assert row.input.winfo_rootx() == x_before
-    panel_right = app.scheduler_panel.winfo_rootx() + app.scheduler_panel.winfo_width()
+    scheduler_panel = app.settings.scheduler_tab.scheduler_panel
+    panel_right = scheduler_panel.winfo_rootx() + scheduler_panel.winfo_width()
     assert row.message.winfo_rootx() + row.message.winfo_reqwidth() <= panel_right
     screenshot(app, display, "scheduler_tab_long_message.png")
 
@@ -319,7 +321,7 @@ def test_an_invalid_entry_stays_in_place_and_its_message_fits_the_panel(app, dis
 def test_the_legend_leaves_no_empty_strip_and_empty_plots_have_no_ticks(app, display):
     select_tab(app, "Scheduler")
     settle(app)
-    panel = app.preview_panel
+    panel = app.settings.scheduler_tab.preview_panel
     legend = panel.legend_figure.legends[0]
     legend_width = legend.get_window_extent(panel.legend_figure.canvas.get_renderer()).width
     assert panel.legend_canvas.get_tk_widget().winfo_width() <= legend_width + 12
@@ -327,7 +329,7 @@ def test_the_legend_leaves_no_empty_strip_and_empty_plots_have_no_ticks(app, dis
     assert "1e-3" in labels and not any("m" in label for label in labels), labels
 
     select_tab(app, "Run")  # before the Run tab is first drawn with a plan, its plots are empty
-    loss_axes = app.run_panel.loss_axes
+    loss_axes = app.run_tab.panel.loss_axes
     assert not any(label.get_visible() and label.get_text() for label in loss_axes.get_yticklabels())
 
 
@@ -353,3 +355,29 @@ def test_find_lr_runs_in_the_background_plots_and_sets_the_suggested_lr(app, dis
     assert not (tmp_path / "out").exists()  # the range test wrote nothing into output.dir
     app.close_lr_find()
     assert app.lr_find_window is None
+
+
+def test_closing_the_app_ends_a_running_find_lr(display, tmp_path, monkeypatch):
+    """The Find LR window owns its child process: destroying the app (its master) ends the sweep."""
+    import ui.views.lr_find_window as lr_find_window
+    from ui.app import App
+    from ui.controllers.preset_draft import PresetDraft
+
+    killed = []
+
+    class RecordingProcess(lr_find_window.LrFindProcess):
+        def kill(self):
+            killed.append(self)
+            super().kill()
+
+    monkeypatch.setattr(lr_find_window, "LrFindProcess", RecordingProcess)
+    raw = {"version": 1, "model": {"config": "tiny", "resolution": 16},
+           "data": {"path": str(make_images(tmp_path / "images", 3))},
+           "training": {"epochs": 1, "batch_size": 1, "device": "cpu"}, "output": {"dir": str(tmp_path / "out")}}
+    window = App(PresetDraft(raw))
+    pump(window, lambda: window.preview_state is not None and window.preview_state.fresh)
+    window.open_lr_find()
+    window.lr_find_window.start_button.invoke()
+    assert window.lr_find.active and not killed
+    window.destroy()
+    assert len(killed) == 1

@@ -51,8 +51,8 @@ def demo_app(display, tiny_sd, tmp_path, monkeypatch):
     pump(window, lambda: window.preview_state is not None and window.preview_state.fresh
          and window.preview_state.revision == window.draft.revision and window.preview_state.captions is not None)
     yield window
-    if window.training is not None:
-        window.training.kill()
+    if window.run_tab.training is not None:
+        window.run_tab.training.kill()
     window.destroy()
 
 
@@ -62,15 +62,16 @@ def test_the_data_tab_shows_the_model_type_the_caption_count_and_the_lora_settin
     assert app.field_row("model.type").get_value() == "stable_diffusion"
     assert app.field_row("training.method").get_value() == "lora"
     assert app.field_row("lora.rank").get_value() == "8" and app.field_row("lora.alpha").get_value() == "4"
-    assert app.data_panel.rows["data.caption_extension"].note.cget("text") == "7 of 7 images have a caption file"
-    assert set(app.lora_panel.visible_keys()) == {"training.method", "lora.rank", "lora.alpha", "lora.dropout",
-                                                  "lora.target_modules"}
+    data_tab = app.settings.data_tab
+    assert data_tab.data_panel.rows["data.caption_extension"].note.cget("text") == "7 of 7 images have a caption file"
+    assert set(data_tab.lora_panel.visible_keys()) == {"training.method", "lora.rank", "lora.alpha", "lora.dropout",
+                                                     "lora.target_modules"}
     screenshot(app, display, "text_to_image_data_tab.png")
 
     app.field_row("training.method").input.set("full")
-    app.edit("training.method", "full")  # what the option menu's command reports
+    app.settings.edit("training.method", "full")  # what the option menu's command reports
     settle(app)
-    assert app.lora_panel.visible_keys() == ["training.method"]
+    assert data_tab.lora_panel.visible_keys() == ["training.method"]
     pump(app, lambda: app.preview_state.revision == app.draft.revision)
     assert app.preview_state.error is None and app.preview_state.preset.training.method == "full"
 
@@ -84,7 +85,7 @@ def test_the_preview_draws_the_text_encoder_group_and_its_drop_to_zero(demo_app,
     settle(app)
     curve = app.preview_state.preview.curve
     table = curve.effective_table()
-    artists = app.preview_panel.plot.curve_artists
+    artists = app.settings.scheduler_tab.preview_panel.plot.curve_artists
     assert set(artists) == {"unet", "text_encoder"}
     for index, name in enumerate(curve.group_names):
         np.testing.assert_array_equal(np.asarray(artists[name].get_ydata())[:-1], table[:, index])
@@ -96,11 +97,11 @@ def test_the_preview_draws_the_text_encoder_group_and_its_drop_to_zero(demo_app,
 def test_start_trains_the_demo_exactly_as_scripts_train_py_does(demo_app, display, tiny_sd, tmp_path):
     app = demo_app
     select_tab(app, "Run")
-    app.run_panel.start_button.invoke()
-    assert app.run.status == "running"
-    pump(app, lambda: not app.run.active, timeout_seconds=300)
+    app.run_tab.panel.start_button.invoke()
+    assert app.run_tab.run.status == "running"
+    pump(app, lambda: not app.run_tab.run.active, timeout_seconds=300)
     settle(app, 0.5)
-    assert app.run.status == "finished", app.run.log_lines
+    assert app.run_tab.run.status == "finished", app.run_tab.run.log_lines
     screenshot(app, display, "text_to_image_run_tab.png")
 
     cli = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), str(DEMO), "--no-progress",
