@@ -112,10 +112,12 @@ class App(ctk.CTk):
         self._appearance_job = self.after(APPEARANCE_POLL_MS, self._follow_appearance)
 
     def offer_to_drop_unknown_keys(self) -> bool:
-        """A preset with keys no field has (a misspelling) is a dead end: offer to drop them.
+        """A preset with keys no field has is a dead end: offer to move the misplaced ones where they
+        belong ("training.lr" -> "optimizer.lr"), then to drop the rest (misspelt or from another program).
 
         True when the draft has no unknown keys left.
         """
+        self._offer_to_move_misplaced_keys()
         unknown = self.draft.unknown_keys()
         if not unknown:
             return True
@@ -126,9 +128,24 @@ class App(ctk.CTk):
                             "The file itself stays as it is until you save."):
             return False
         self.draft.drop_keys([item.key for item in unknown])
+        self._after_keys_changed()
+        return True
+
+    def _offer_to_move_misplaced_keys(self) -> None:
+        """Keys in the wrong section are never dropped unasked: the user is offered to move them first."""
+        misplaced = [item for item in self.draft.unknown_keys() if item.belongs_at]
+        if not misplaced:
+            return
+        listed = "\n".join(f"  {item.key} -> {item.belongs_at}" for item in misplaced)
+        if self.confirm("Keys in the wrong section",
+                        f"The preset has settings in the wrong section:\n{listed}\n\nMove them there? "
+                        "The file itself stays as it is until you save."):
+            if self.draft.move_keys([item.key for item in misplaced]):
+                self._after_keys_changed()
+
+    def _after_keys_changed(self) -> None:
         self.show_draft()
         self.live_preview.refresh()
-        return True
 
     # --- files ----------------------------------------------------------------------------------
 

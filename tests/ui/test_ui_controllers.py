@@ -444,6 +444,7 @@ def test_several_processes_are_refused_at_the_field_with_the_launch_command(imag
     key, message = state.start_refusal
     assert key == "training.num_processes"
     assert "accelerate launch --num_processes 2 scripts/train.py" in message
+    assert "torchrun --nproc_per_node 2 scripts/train.py" in message and "--cpu" not in message
     draft.save(tmp_path / "two.json")  # saving the preset for the launcher is the way
     assert load_preset(tmp_path / "two.json").training.num_processes == 2
     draft.set_text("training.num_processes", "1")

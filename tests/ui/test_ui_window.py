@@ -248,6 +248,30 @@ def test_a_preset_with_misspelt_keys_offers_to_drop_them(display, tmp_path):
         window.destroy()
 
 
+def test_a_key_in_the_wrong_section_is_offered_a_move_not_a_silent_drop(display, tmp_path):
+    from ui.app import App
+    from ui.controllers.preset_draft import PresetDraft
+
+    preset = tmp_path / "misplaced.json"
+    preset.write_text('{"version": 1, "data": {"path": "%s"}, "training": {"epochs": 2, "lr": 0.002}}'
+                      % make_images(tmp_path / "images", 3))
+    questions = []
+
+    def confirm(title, message):
+        questions.append(message)
+        return True
+
+    window = App(PresetDraft(), confirm=confirm)
+    try:
+        window.load(str(preset))
+        assert len(questions) == 1 and "training.lr -> optimizer.lr" in questions[0]  # moved, no drop asked
+        pump(window, lambda: window.preview_state is not None and window.preview_state.fresh)
+        assert window.draft.unknown_keys() == []
+        assert window.preview_state.preview.curve.base_lrs[0] == 0.002
+    finally:
+        window.destroy()
+
+
 def test_processes_2_is_refused_at_the_field_and_by_start(app, display):
     select_tab(app, "Training")
     row = app.field_row("training.num_processes")

@@ -100,8 +100,8 @@ def app_start_refusal(preset: Preset) -> tuple[str, str] | None:
     if processes > 1:
         return ("training.num_processes",
                 f"the app trains in one process; for {processes}, save the preset and run "
-                f"`accelerate launch --num_processes {processes} scripts/train.py PRESET` "
-                f"(add --cpu to train on CPU), or set 1 here")
+                f"`torchrun --nproc_per_node {processes} scripts/train.py PRESET` on CPU or "
+                f"`accelerate launch --num_processes {processes} scripts/train.py PRESET` on GPUs, or set 1 here")
     return None
 
 
