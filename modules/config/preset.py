@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 from modules.config.durations import DurationValue, parse_duration
 from modules.errors import ConfigError
 from modules.families.model_types import check_unet_options
+from modules.families.registry import FAMILY_NAMES
 
 PRESET_VERSION = 1
 
@@ -56,7 +57,7 @@ OptimizerType = Literal[
     "adamw", "sgd", "adamw_schedule_free", "radam_schedule_free", "prodigy", "dadapt_adam", "adamw_8bit"
 ]
 ModelConfigName = Literal["tiny"]
-ModelType = Literal["auto", "unet", "stable_diffusion", "stable_diffusion_xl"]
+ModelType = Literal[("auto",) + FAMILY_NAMES]  # modules.families.registry: one entry per family
 TrainingMethod = Literal["full", "lora"]
 
 # The allowed values, declared once above and listed here for the GUI and the tests.

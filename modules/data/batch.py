@@ -7,6 +7,13 @@ expect (the diffusers SDXL training scripts compute them the same way).
 Every random draw for this micro-batch is keyed to (seed, global_index, rank).
 With the latent cache the pixels are not decoded: `latent_parameters` holds
 what the VAE made of them (`modules.data.caches`).
+
+Per-sample data travels with the batch, in sample order: `captions` (read by
+the data side from the caption files; None for a family that takes no
+captions), `concepts` (the image folder each sample comes from, named after
+it: one concept today, `data.path`) and `loss_weights` (the factor of each
+sample's loss in the micro-batch's mean; 1.0 today). The family reads them
+here: it never lists the dataset.
 """
 
 from dataclasses import dataclass
@@ -29,6 +36,9 @@ class MicroBatch:
     # `latent_dist.parameters` (mean and log-variance), and the training size the pixels would have had.
     latent_parameters: torch.Tensor | None = None
     pixel_size: tuple[int, int] | None = None
+    captions: list[str] | None = None          # each sample's caption (before caption dropout)
+    concepts: list[str] | None = None          # the concept (image folder name) of each sample
+    loss_weights: list[float] | None = None    # each sample's loss weight; None: all 1.0
 
     @property
     def size(self) -> int:

@@ -8,6 +8,14 @@ Layout, under `data.cache_dir` (default `output.dir/cache`):
 `<vae>` / `<encoders>` are the first 16 hex digits of the identity of the
 model that made the entries (`module_identity`: SHA-256 of the class, the
 config and every weight tensor; for text, also the tokenizers' vocabulary).
+The identity holds no path: the config's `_name_or_path` (where the model was
+loaded from) is left out, so a model folder moved or copied elsewhere keeps
+its cache, and any changed weight makes a new one.
+
+The caches ask the model family (`modules.families.base`), never its
+pipeline: `latent_cache_identity`, `latent_layout`, `encode_latents`;
+`text_cache_identity`, `text_embedding_shapes`, `embed_caption`, `use_text_cache`.
+The captions to embed are the dataset's (`ImageDataset.captions`).
 
 Latent entries (`data.cache_latents`): one per (image file, training size,
 resized size, crop, flip), the file name a hash of those and the VAE's
@@ -19,7 +27,7 @@ the log says which and why ("image changed", "unreadable"). Entries are
 built before the first step for every sample the remaining steps of this
 process train on (`sample_specs`: flips are known before decoding, so only
 the variants a run needs are made), one image at a time, exactly as the loss
-encodes images without the cache (`TextToImageLossModel.encode_pixels`),
+encodes images without the cache (`family.encode_latents`),
 under the same autocast: training from the cache gives the same weights.
 
 Text entries (`data.cache_text_embeddings`, frozen text encoders only): one
@@ -55,6 +63,8 @@ IDENTITY_DIGITS = 16
 REPORTED_REBUILDS = 5        # rebuilt entries named one by one in the log; the rest are counted
 PROGRESS_LOG_STEPS = 10      # without a progress bar: a log line every tenth of the work
 HASH_CHUNK_BYTES = 1 << 20
+# Config keys that say where a model was loaded from, not what it computes.
+LOCATION_CONFIG_KEYS = frozenset({"_name_or_path", "_commit_hash"})
 
 
 def cache_dir(preset) -> Path:
@@ -84,13 +94,15 @@ def file_sha256(path: Path) -> str:
 
 
 def module_identity(modules: list[torch.nn.Module], extra: list[str] = ()) -> str:
-    """SHA-256 of each module's class, config and state dict (names, dtypes, shapes, bytes), and `extra`."""
+    """SHA-256 of each module's class, config (without LOCATION_CONFIG_KEYS) and state dict (names, dtypes,
+    shapes, bytes), and `extra`."""
     digest = hashlib.sha256()
     for module in modules:
         digest.update(type(module).__qualname__.encode())
         config = getattr(module, "config", None)
         if config is not None:
             as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+            as_dict = {key: value for key, value in as_dict.items() if key not in LOCATION_CONFIG_KEYS}
             digest.update(json.dumps(as_dict, sort_keys=True, default=str).encode())
         for name, tensor in module.state_dict().items():
             tensor = tensor.detach().cpu().contiguous()
@@ -247,14 +259,13 @@ def needed_specs(dataset, plan, seed: int, rank: int, start_step: int) -> list:
     return specs
 
 
-def build_latent_cache(loss_model, folder: Path, dataset, plan, seed: int, rank: int, start_step: int,
+def build_latent_cache(family, folder: Path, dataset, plan, seed: int, rank: int, start_step: int,
                        autocast, log, progress_bar: bool) -> LatentCache:
     """Check every entry the run needs, encode the missing or invalid ones; the cache, ready to serve."""
     from modules.data.datasets import sample_pixels
 
-    vae = loss_model.vae
-    downsampling = 2 ** (len(vae.config.block_out_channels) - 1)
-    cache = LatentCache(folder, module_identity([vae]), int(vae.config.latent_channels), downsampling)
+    latent_channels, downsampling = family.latent_layout()
+    cache = LatentCache(folder, family.latent_cache_identity(), latent_channels, downsampling)
     specs = needed_specs(dataset, plan, seed, rank, start_step)
     missing, rebuilt = [], []
     for spec in specs:
@@ -267,11 +278,10 @@ def build_latent_cache(loss_model, folder: Path, dataset, plan, seed: int, rank:
         f"{len(missing)} to encode")
     _report_rebuilds("latent cache", rebuilt, log)
     progress = _Progress(len(missing), "latent cache", log, progress_bar)
-    device = next(vae.parameters()).device
     try:
         with torch.no_grad(), autocast():
             for spec in missing:
-                parameters = loss_model.encode_pixels(sample_pixels([spec]).to(device))[0]
+                parameters = family.encode_latents(sample_pixels([spec]))[0]
                 entry = cache.entry(spec)
                 try:
                     write_entry(entry.path, {"parameters": parameters}, entry.metadata)
@@ -316,13 +326,11 @@ class TextEmbeddingCache:
         return hidden, pooled
 
 
-def build_text_embedding_cache(family, folder: Path, autocast, device, log, progress_bar: bool) -> TextEmbeddingCache:
-    """Every caption of the dataset (and '' with caption dropout) embedded once by the frozen encoders."""
-    encoders = [encoder for _, encoder in family.text_encoders()]
-    tokenizers = [getattr(family.pipeline, name) for name in family.TOKENIZERS]
-    identity = module_identity(encoders, [tokenizer_identity(tokenizer) for tokenizer in tokenizers])
-    cache = TextEmbeddingCache(folder, identity)
-    captions = sorted(set(family.captions.values()) | ({""} if family.preset.data.caption_dropout > 0 else set()))
+def build_text_embedding_cache(family, captions, folder: Path, autocast, device, log,
+                               progress_bar: bool) -> TextEmbeddingCache:
+    """Every caption of the dataset (`captions`, and '' with caption dropout) embedded once by the frozen encoders."""
+    cache = TextEmbeddingCache(folder, family.text_cache_identity())
+    captions = sorted(set(captions) | ({""} if family.preset.data.caption_dropout > 0 else set()))
     shapes = family.text_embedding_shapes()  # what every entry must hold
     missing, rebuilt = [], []
     for caption in captions:
@@ -338,10 +346,7 @@ def build_text_embedding_cache(family, folder: Path, autocast, device, log, prog
     try:
         with torch.no_grad(), autocast():
             for caption in missing:
-                hidden, pooled = family.embed_texts([caption], device)
-                tensors = {"hidden": hidden[0]}
-                if pooled is not None:
-                    tensors["pooled"] = pooled[0]
+                tensors = family.embed_caption(caption, device)
                 try:
                     write_entry(cache.path(caption), tensors, cache.metadata(caption))
                 except OSError as error:
@@ -355,21 +360,28 @@ def build_text_embedding_cache(family, folder: Path, autocast, device, log, prog
 
 def prepare_caches(preset, family, loss_model, dataset, plan, rank: int, start_step: int, accelerator,
                    log, progress_bar: bool) -> None:
-    """Build and attach the caches `preset.data` asks for (nothing when it asks for none)."""
+    """Build and attach the caches `preset.data` asks for (nothing when it asks for none).
+
+    `loss_model` (the unwrapped `family.model`) is not used: the family is asked.
+    """
     data = preset.data
     if not (data.cache_latents or data.cache_text_embeddings):
         return
-    if not hasattr(loss_model, "encode_pixels"):  # model.type auto that resolved to a unet folder
+    abilities = family.descriptor()
+    if not (abilities.has_vae and abilities.takes_captions):  # model.type auto that resolved to a unet folder
         key = "data.cache_latents" if data.cache_latents else "data.cache_text_embeddings"
-        raise ConfigError(f"is for stable_diffusion and stable_diffusion_xl models; {family.name} has no VAE or "
-                          "text encoder to cache", key)
+        from modules.families.registry import FAMILIES
+
+        cached = " and ".join(entry.name for entry in FAMILIES if entry.has_vae and entry.takes_captions)
+        raise ConfigError(f"is for {cached} models; {family.name} has no VAE or text encoder to cache", key)
     folder = cache_dir(preset)
     check_cache_dir(folder)
     if data.cache_text_embeddings:
-        family.text_cache = build_text_embedding_cache(family, folder, accelerator.autocast, accelerator.device,
-                                                       log, progress_bar)
+        family.use_text_cache(build_text_embedding_cache(family, dataset.captions.values(), folder,
+                                                         accelerator.autocast, accelerator.device, log,
+                                                         progress_bar))
     if data.cache_latents:
-        dataset.latent_cache = build_latent_cache(loss_model, folder, dataset, plan, preset.training.seed, rank,
+        dataset.latent_cache = build_latent_cache(family, folder, dataset, plan, preset.training.seed, rank,
                                                   start_step, accelerator.autocast, log, progress_bar)
 
 

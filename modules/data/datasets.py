@@ -32,6 +32,11 @@ Contract:
   flip), so a cache can be keyed on it and serve stored results instead:
   with `dataset.latent_cache` set (`modules.data.caches`), a micro-batch
   carries the stored VAE latent parameters of its samples and no pixels.
+- Per-sample data travels in the micro-batch: each sample's caption (read
+  once at start with `modules.data.captions`, for the families of
+  `modules.families.registry` that take captions; a missing or unreadable
+  caption is a ConfigError before training), its concept (the image folder's
+  name: one concept, `data.path`, today) and its loss weight (1.0 today).
 """
 
 import multiprocessing
@@ -42,6 +47,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from modules.data.captions import load_captions
 from modules.data.buckets import assign_buckets, bucket_resolutions, bucketed_epoch, cover_and_crop, sample_buckets
 from modules.errors import ConfigError
 from modules.data.listing import list_images
@@ -137,12 +143,18 @@ def torch_generator(seed: int, global_micro_batch: int, rank: int, stream: int =
 class ImageDataset:
     """The listing, every file's size (headers only), the epoch order and per-process sharding.
 
-    `bucket_step` set: aspect-ratio buckets of that step and `bucket_max_aspect`.
+    `bucket_step` set: aspect-ratio buckets of that step and `bucket_max_aspect`. `caption_extension`
+    set: every image's caption is read now (`modules.data.captions.load_captions`, with `default_caption`).
     """
 
     def __init__(self, folder, resolution: int, repeats: int = 1, flip: bool = False,
-                 bucket_step: int | None = None, bucket_max_aspect: float = 2.0):
+                 bucket_step: int | None = None, bucket_max_aspect: float = 2.0,
+                 caption_extension: str | None = None, default_caption: str | None = None):
         self.paths = list_images(folder)
+        self.concept = Path(folder).name
+        self.loss_weight = 1.0
+        self.captions = (load_captions(self.paths, caption_extension, default_caption)
+                         if caption_extension is not None else None)
         self.resolution = resolution
         self.repeats = repeats
         self.flip = flip
@@ -228,6 +240,9 @@ class ImageDataset:
             rank=int(rank),
             latent_parameters=parameters,
             pixel_size=specs[0].target_size,
+            captions=None if self.captions is None else [self.captions[spec.path] for spec in specs],
+            concepts=[self.concept] * len(specs),
+            loss_weights=[self.loss_weight] * len(specs),
         )
 
     def stream(self, plan: StepPlan, seed: int, rank: int, start_step: int, num_workers: int) -> "MicroBatchStream":
@@ -330,11 +345,18 @@ class MicroBatchStream:
 
 
 def build_dataset(preset, plan: StepPlan) -> ImageDataset:
-    """The dataset of `preset` (headers read); ConfigError if it no longer matches the plan's count."""
+    """The dataset of `preset` (headers read, and the captions where the model family takes captions);
+    ConfigError if it no longer matches the plan's count."""
+    from modules.families.model_types import resolve_model_type
+    from modules.families.registry import descriptor
+
     data = preset.data
+    takes_captions = descriptor(resolve_model_type(preset.model)).takes_captions
     dataset = ImageDataset(data.path, preset.model.resolution, data.repeats, data.flip,
                            bucket_step=data.bucket_step if data.buckets else None,
-                           bucket_max_aspect=data.bucket_max_aspect)
+                           bucket_max_aspect=data.bucket_max_aspect,
+                           caption_extension=data.caption_extension if takes_captions else None,
+                           default_caption=data.default_caption)
     if dataset.num_images != plan.num_images:
         raise ConfigError(
             f"the dataset changed while starting: {dataset.num_images} images, the plan counted {plan.num_images}",

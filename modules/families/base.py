@@ -15,11 +15,16 @@ The seam, in the order the loop uses it:
 - `Cls(preset, plan)` loads the model from `model.path` (local files only) or
   builds it, and sets up what trains (LoRA adapters, frozen parts).
 - `family.model`: the one `torch.nn.Module` accelerate prepares (and wraps in
-  DDP). Its forward is the loss of one micro-batch:
+  DDP), a `modules.families.losses.LossModule`: `family.predict(batch,
+  generator)` (its `predict`) is the family's part (model output, target,
+  timesteps), and the shared loss pieces of `losses` (MSE, min-SNR, each
+  sample's `loss_weights`) turn it into the loss. Its forward is the loss of one micro-batch:
   `model(micro_batch, generator) -> scalar fp32 loss`, where `generator` is
   the micro-batch's seeded CPU generator (seed, global micro-batch, rank): every
   random draw of the loss (caption dropout, VAE sample, noise, timesteps)
   comes from it, so a resumed run repeats them. Frozen parts run under no_grad.
+  The captions come with the micro-batch (`MicroBatch.captions`): a family
+  never lists the dataset.
 - `family.parameter_components()`: [(group name, [(parameter name, parameter)])]
   of the trainable parameters, in optimizer order: `unet` first (the named
   regex groups of `optimizer.param_groups` match inside it), then
@@ -38,15 +43,20 @@ The seam, in the order the loop uses it:
 - `family.cast_for_mixed_precision(dtype)`: on CUDA with fp16/bf16, frozen
   weights in `dtype`, trainable ones kept in fp32 (diffusers' cast_training_params).
 
-A new family is one new module here plus its tests.
+- The caches (`modules.data.caches`) ask a family whose registry entry has a
+  VAE / text encoders: `latent_cache_identity()`, `latent_layout()`,
+  `encode_latents(pixels)`; `text_cache_identity()`, `text_embedding_shapes()`,
+  `embed_caption(caption, device)`, and `use_text_cache(cache)`.
+
+A new family is one new module here plus one entry in `modules.families.registry`.
 """
 
 from pathlib import Path
 
 import torch
 
-from modules.errors import ConfigError
-from modules.families.model_types import STABLE_DIFFUSION, STABLE_DIFFUSION_XL, UNET, resolve_model_type
+from modules.families.model_types import resolve_model_type
+from modules.families.registry import descriptor
 
 
 class Family:
@@ -54,6 +64,15 @@ class Family:
 
     model: torch.nn.Module
     name: str = "model"
+    model_type: str = ""  # its name in modules.families.registry
+
+    @classmethod
+    def descriptor(cls):
+        return descriptor(cls.model_type)
+
+    def predict(self, batch, generator: torch.Generator):
+        """The family's prediction of a micro-batch (`losses.Prediction`), before the shared loss."""
+        return self.model.predict(batch, generator)
 
     @staticmethod
     def read_checkpoint_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -84,23 +103,39 @@ class Family:
     def cast_for_mixed_precision(self, dtype: torch.dtype) -> None:
         """Default: nothing to cast (accelerate's autocast does the rest)."""
 
+    # --- for the caches, in families whose registry entry has a VAE / text encoders ------------
+
+    def latent_cache_identity(self) -> str:
+        """SHA-256 of what makes the latents (the VAE's class, config and weights; not where it was loaded from)."""
+        raise NotImplementedError
+
+    def latent_layout(self) -> tuple[int, int]:
+        """(latent channels, pixel downsampling) of the latents."""
+        raise NotImplementedError
+
+    def encode_latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The VAE's latent distribution parameters (1, 2C, h, w) of one image's pixels (1, 3, H, W)."""
+        raise NotImplementedError
+
+    def text_cache_identity(self) -> str:
+        """SHA-256 of what makes the text embeddings (the encoders' weights, the tokenizers' vocabularies)."""
+        raise NotImplementedError
+
+    def text_embedding_shapes(self) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    def embed_caption(self, caption: str, device) -> dict[str, torch.Tensor]:
+        """One caption's embeddings as the frozen encoders make them: {"hidden": (L, D)[, "pooled": (P,)]}."""
+        raise NotImplementedError
+
+    def use_text_cache(self, cache) -> None:
+        """Read frozen text embeddings from `cache` (`modules.data.caches.TextEmbeddingCache`) from now on."""
+        raise NotImplementedError
+
 
 def family_class(preset) -> type[Family]:
-    """The Family subclass for `preset` (model.type, `auto` resolved from the folder)."""
-    model_type = resolve_model_type(preset.model)
-    if model_type == UNET:
-        from modules.families.unet import UnetFamily
-
-        return UnetFamily
-    if model_type == STABLE_DIFFUSION:
-        from modules.families.stable_diffusion import StableDiffusionFamily
-
-        return StableDiffusionFamily
-    if model_type == STABLE_DIFFUSION_XL:
-        from modules.families.stable_diffusion_xl import StableDiffusionXLFamily
-
-        return StableDiffusionXLFamily
-    raise ConfigError(f"unknown model type {model_type!r}", "model.type")
+    """The Family subclass for `preset` (model.type, `auto` resolved from the folder), from the registry."""
+    return descriptor(resolve_model_type(preset.model)).family_class()
 
 
 def build_family(preset, plan) -> Family:

@@ -20,6 +20,7 @@
 Nothing is ever save_pretrained with an adapter attached.
 """
 
+import difflib
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
 KOHYA_LORA_FILE = "lora_kohya.safetensors"
 CLIP_TEXT_PREFIX = "text_model."
+CLOSEST_NAMES = 5  # module names a target typo's error suggests
 
 
 def lora_config(lora, target_modules):
@@ -41,14 +43,24 @@ def lora_config(lora, target_modules):
 
 
 def check_targets(module: torch.nn.Module, targets, what: str, key: str) -> None:
-    """ConfigError naming the first target that matches no module name (peft's own suffix rule)."""
+    """ConfigError naming the first target that matches no module name (peft's own suffix rule), with the
+    module-name suffixes closest to it (difflib), so a typo shows what was meant."""
     names = [name for name, _ in module.named_modules() if name]
     for target in targets:
         if not any(name == target or name.endswith("." + target) for name in names):
-            leaves = sorted({name.rsplit(".", 1)[-1] for name, child in module.named_modules()
-                             if isinstance(child, (torch.nn.Linear, torch.nn.Conv2d))} - {str(n) for n in range(10)})
-            raise ConfigError(f"{target!r} matches no module of the {what} (its layers include: "
-                              f"{', '.join(leaves[:12])})", key)
+            raise ConfigError(f"{target!r} matches no module of the {what} (closest: "
+                              f"{', '.join(closest_module_names(names, str(target)))})", key)
+
+
+def closest_module_names(names: list[str], target: str, count: int = CLOSEST_NAMES) -> list[str]:
+    """The `count` module-name suffixes ('to_q', 'attn1.to_q', ...) most like `target`, closest first."""
+    suffixes = set()
+    for name in names:
+        parts = name.split(".")
+        suffixes.update(".".join(parts[index:]) for index in range(len(parts)))
+    suffixes = sorted(suffix for suffix in suffixes if not suffix.isdigit())
+    close = difflib.get_close_matches(target, suffixes, n=count, cutoff=0.0)
+    return close
 
 
 def add_unet_adapter(unet, lora) -> None:

@@ -1,13 +1,14 @@
 """Which model family a preset trains, read from the preset and the pipeline folder (no torch).
 
-SPEC §7: `model.type` is `auto` | `unet` | `stable_diffusion` |
-`stable_diffusion_xl`. `auto` reads `model_index.json` in `model.path`:
-`StableDiffusionPipeline` -> stable_diffusion, `StableDiffusionXLPipeline` ->
-stable_diffusion_xl, `DDPMPipeline` or no model_index.json (a bare UNet
-folder) -> unet. A built-in `model.config` is a unet model.
+SPEC §7: `model.type` is `auto` or a family of `modules.families.registry`
+(`unet`, `stable_diffusion`, `stable_diffusion_xl`). `auto` reads
+`model_index.json` in `model.path`: its `_class_name` picks the family that
+recognises it (`StableDiffusionPipeline` -> stable_diffusion,
+`StableDiffusionXLPipeline` -> stable_diffusion_xl, `DDPMPipeline` -> unet);
+no model_index.json (a bare UNet folder) and a built-in `model.config` are unet.
 
-The text-encoder parameter groups follow from the type: `text_encoder`
-(stable_diffusion), `text_encoder` and `text_encoder_2` (stable_diffusion_xl),
+The text-encoder parameter groups are the family's (`text_encoder` for
+stable_diffusion; `text_encoder`, `text_encoder_2` for stable_diffusion_xl),
 present only when `optimizer.text_encoder_lr` is set. The step plan asks here,
 so the preview, lr_plan.csv and the optimizer list the same groups.
 """
@@ -16,19 +17,15 @@ import json
 from pathlib import Path
 
 from modules.errors import ConfigError
+from modules.families.registry import (DEFAULT_FAMILY, FAMILIES, descriptor, descriptor_of_index_class,
+                                       known_index_classes)
 
 UNET = "unet"
 STABLE_DIFFUSION = "stable_diffusion"
 STABLE_DIFFUSION_XL = "stable_diffusion_xl"
-TEXT_TO_IMAGE_TYPES = (STABLE_DIFFUSION, STABLE_DIFFUSION_XL)
-
-PIPELINE_CLASSES = {
-    "DDPMPipeline": UNET,
-    "StableDiffusionPipeline": STABLE_DIFFUSION,
-    "StableDiffusionXLPipeline": STABLE_DIFFUSION_XL,
-}
-TEXT_ENCODER_GROUPS = {UNET: (), STABLE_DIFFUSION: ("text_encoder",),
-                       STABLE_DIFFUSION_XL: ("text_encoder", "text_encoder_2")}
+# The families that train on captions (text-to-image), in registry order.
+TEXT_TO_IMAGE_TYPES = tuple(family.name for family in FAMILIES if family.takes_captions)
+LORA_TYPES = tuple(family.name for family in FAMILIES if family.supports_lora)
 MODEL_INDEX_FILE = "model_index.json"
 
 
@@ -50,13 +47,14 @@ def folder_model_type(folder: str | Path) -> str:
     """The model type of a diffusers folder, from its model_index.json (none: a bare UNet folder)."""
     index = read_model_index(folder)
     if index is None:
-        return UNET
+        return DEFAULT_FAMILY
     class_name = index.get("_class_name")
-    if class_name not in PIPELINE_CLASSES:
+    family = descriptor_of_index_class(class_name)
+    if family is None:
         raise ConfigError(
             f"'{Path(folder) / MODEL_INDEX_FILE}' is a {class_name!r}; this program trains "
-            f"{', '.join(PIPELINE_CLASSES)}", "model.path")
-    return PIPELINE_CLASSES[class_name]
+            f"{', '.join(known_index_classes())}", "model.path")
+    return family.name
 
 
 def resolve_model_type(model_section) -> str:
@@ -65,29 +63,33 @@ def resolve_model_type(model_section) -> str:
         return model_section.type
     if model_section.path and Path(model_section.path).is_dir():
         return folder_model_type(model_section.path)
-    return UNET
+    return DEFAULT_FAMILY
 
 
-def check_unet_options(preset) -> None:
-    """ConfigError for a text-to-image option on a unet model (text_encoder_lr, LoRA)."""
-    for key, used in (("optimizer.text_encoder_lr", preset.optimizer.text_encoder_lr is not None),
-                      ("training.method", preset.training.method == "lora")):
-        if not used:
+def _names(types: tuple[str, ...], last: str = "or") -> str:
+    return types[0] if len(types) == 1 else f"{', '.join(types[:-1])} {last} {types[-1]}"
+
+
+def check_unet_options(preset, model_type: str = DEFAULT_FAMILY) -> None:
+    """ConfigError for a text-to-image option (text_encoder_lr, LoRA) that family `model_type` cannot train."""
+    family = descriptor(model_type)
+    for key, used, able in (("optimizer.text_encoder_lr", preset.optimizer.text_encoder_lr is not None,
+                             family.takes_captions),
+                            ("training.method", preset.training.method == "lora", family.supports_lora)):
+        if not used or able:
             continue
         path = preset.model.path
         if preset.model.type == "auto" and path and not Path(path).is_dir():
             raise ConfigError(f"model folder '{path}' does not exist (model.type auto reads its {MODEL_INDEX_FILE} "
                               f"to tell a text-to-image pipeline from a UNet)", "model.path")
         if key == "training.method":
-            raise ConfigError("'lora' needs a stable_diffusion or stable_diffusion_xl model (model.type)", key)
-        raise ConfigError("is for stable_diffusion and stable_diffusion_xl models; a unet model has no "
+            raise ConfigError(f"'lora' needs a {_names(LORA_TYPES)} model (model.type)", key)
+        raise ConfigError(f"is for {_names(TEXT_TO_IMAGE_TYPES, 'and')} models; a {family.name} model has no "
                           "text encoder", key)
 
 
 def text_encoder_groups(preset, model_type: str | None = None) -> tuple[str, ...]:
     """The text-encoder parameter groups that train (in optimizer order); ConfigError where none can."""
     model_type = model_type or resolve_model_type(preset.model)
-    if model_type == UNET:
-        check_unet_options(preset)
-        return ()
-    return TEXT_ENCODER_GROUPS[model_type] if preset.optimizer.text_encoder_lr is not None else ()
+    check_unet_options(preset, model_type)
+    return descriptor(model_type).text_encoder_groups if preset.optimizer.text_encoder_lr is not None else ()

@@ -7,14 +7,15 @@
   `from_pretrained(local_files_only=True)`. The folder's noise scheduler
   config is used as a DDPMScheduler for training (prediction type from it,
   or `model.prediction_type`).
-- Captions: `modules.data.captions`, read once at start.
+- Captions: they come with the micro-batch (`MicroBatch.captions`, read by
+  the data side with `modules.data.captions`).
 - Loss of a micro-batch, all draws from its generator in this order: caption
   dropout (`data.caption_dropout`), `vae.encode(pixels).latent_dist.sample`
   times `vae.config.scaling_factor`, noise (+ `training.noise_offset`),
   timesteps; target epsilon or v_prediction (the VAE encodes one image at a
   time; with data.cache_latents its stored output is used instead, see
   `modules.data.caches`); min-SNR weighting with
-  `training.min_snr_gamma` (see `common`). The VAE and frozen text encoders
+  `training.min_snr_gamma` and each sample's loss weight (see `losses`). The VAE and frozen text encoders
   run under no_grad.
 - `training.method` lora: peft LoRA (`lora.rank`, `alpha`, `dropout`,
   `target_modules`) on the UNet, and on the text encoder's attention
@@ -40,14 +41,12 @@ from safetensors.torch import save_file
 
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from modules.data.captions import load_captions
 from modules.errors import ConfigError
-from modules.data.listing import list_images
 from modules.families.model_types import read_model_index
 from modules.training import checkpoints, paths
 from modules.families.base import Family
 from modules.families import lora as lora_files
-from modules.families.common import diffusion_loss, draw_noise
+from modules.families.losses import LossModule, Prediction, draw_noise
 from modules.families.unet_models import size_multiple
 
 SAMPLE_INFERENCE_STEPS = 20
@@ -80,11 +79,12 @@ def _quiet_loading():
             transformers_logging.enable_progress_bar()
 
 
-class TextToImageLossModel(torch.nn.Module):
-    """forward(micro_batch, generator) -> the latent-diffusion loss; see the module docstring."""
+class TextToImageLossModel(LossModule):
+    """forward(micro_batch, generator) -> the latent-diffusion loss (`predict` + the shared loss)."""
 
     def __init__(self, family: "StableDiffusionFamily"):
         super().__init__()
+        self.min_snr_gamma = family.preset.training.min_snr_gamma
         self.unet = family.pipeline.unet
         self.vae = family.pipeline.vae
         for name in family.TEXT_ENCODERS:
@@ -109,7 +109,7 @@ class TextToImageLossModel(torch.nn.Module):
         """
         return self.vae.encode(pixels.to(dtype=self.vae.encoder.conv_in.weight.dtype)).latent_dist.parameters
 
-    def forward(self, batch, generator: torch.Generator) -> torch.Tensor:
+    def predict(self, batch, generator: torch.Generator) -> Prediction:
         family = self.family[0]
         # A weight's device and dtype, not ModelMixin.device / .dtype: those walk every module on each call.
         device = self.unet.conv_in.weight.device
@@ -136,12 +136,12 @@ class TextToImageLossModel(torch.nn.Module):
             target = noise
         hidden_states, added = family.encode(captions, batch, device)
         prediction = self.unet(noisy, timesteps, hidden_states, added_cond_kwargs=added, return_dict=False)[0]
-        return diffusion_loss(prediction, target, family.noise_scheduler, timesteps,
-                              family.preset.training.min_snr_gamma)
+        return Prediction(prediction, target, timesteps, family.noise_scheduler)
 
 
 class StableDiffusionFamily(Family):
     name = "StableDiffusionPipeline"
+    model_type = "stable_diffusion"
     PIPELINE_CLASS = "StableDiffusionPipeline"
     TEXT_ENCODERS = ("text_encoder",)
     TOKENIZERS = ("tokenizer",)
@@ -156,8 +156,6 @@ class StableDiffusionFamily(Family):
             raise ConfigError("is set, but a text-to-image model samples output.sample_prompts, which is empty",
                               "output.sample_every")
         self._token_ids: dict[int, dict[str, torch.Tensor]] = {}
-        self.captions = load_captions(list_images(preset.data.path), preset.data.caption_extension,
-                                      preset.data.default_caption)
         self.pipeline = self.load_pipeline(preset.model.path)
         self.text_cache = None  # set by modules.data.caches with data.cache_text_embeddings
         self.noise_scheduler = self._noise_scheduler()
@@ -250,9 +248,11 @@ class StableDiffusionFamily(Family):
     # --- the loss -----------------------------------------------------------------
 
     def captions_of(self, batch, generator: torch.Generator) -> list[str]:
-        """The captions of the micro-batch, each dropped to '' with probability data.caption_dropout."""
-        dropped = torch.rand(len(batch.paths), generator=generator) < self.preset.data.caption_dropout
-        return ["" if drop else self.captions[Path(path)] for path, drop in zip(batch.paths, dropped.tolist())]
+        """The micro-batch's captions, each dropped to '' with probability data.caption_dropout."""
+        if batch.captions is None:
+            raise RuntimeError(f"{self.name} trains on captions, but the micro-batch carries none")
+        dropped = torch.rand(len(batch.captions), generator=generator) < self.preset.data.caption_dropout
+        return ["" if drop else caption for caption, drop in zip(batch.captions, dropped.tolist())]
 
     def tokenize(self, tokenizer, captions: list[str], device) -> torch.Tensor:
         """Token ids (len(captions), model_max_length); each distinct caption is tokenized once per tokenizer."""
@@ -289,6 +289,33 @@ class StableDiffusionFamily(Family):
     def text_embedding_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of one caption's `embed_texts` output: hidden states (tokens, width) [, pooled]."""
         return {"hidden": (self.pipeline.tokenizer.model_max_length, self.pipeline.text_encoder.config.hidden_size)}
+
+    # --- for the caches ------------------------------------------------------------------
+
+    def latent_cache_identity(self) -> str:
+        from modules.data.caches import module_identity
+
+        return module_identity([self.pipeline.vae])
+
+    def latent_layout(self) -> tuple[int, int]:
+        vae = self.pipeline.vae
+        return int(vae.config.latent_channels), 2 ** (len(vae.config.block_out_channels) - 1)
+
+    def encode_latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_pixels(pixels.to(self.pipeline.vae.encoder.conv_in.weight.device))
+
+    def text_cache_identity(self) -> str:
+        from modules.data.caches import module_identity, tokenizer_identity
+
+        return module_identity([encoder for _, encoder in self.text_encoders()],
+                               [tokenizer_identity(getattr(self.pipeline, name)) for name in self.TOKENIZERS])
+
+    def embed_caption(self, caption: str, device) -> dict[str, torch.Tensor]:
+        hidden, pooled = self.embed_texts([caption], device)
+        return {"hidden": hidden[0]} if pooled is None else {"hidden": hidden[0], "pooled": pooled[0]}
+
+    def use_text_cache(self, cache) -> None:
+        self.text_cache = cache
 
     def encode(self, captions: list[str], batch, device):
         """(encoder_hidden_states, added_cond_kwargs) for the UNet."""

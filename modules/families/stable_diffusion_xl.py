@@ -22,6 +22,7 @@ from modules.families.stable_diffusion import StableDiffusionFamily
 
 class StableDiffusionXLFamily(StableDiffusionFamily):
     name = "StableDiffusionXLPipeline"
+    model_type = "stable_diffusion_xl"
     PIPELINE_CLASS = "StableDiffusionXLPipeline"
     TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
     TOKENIZERS = ("tokenizer", "tokenizer_2")

@@ -9,10 +9,11 @@ here (every byte, every byte ending a word, a few merges), with
 `model_max_length=77` as in the real CLIP tokenizers. Weights come from
 `seed`, so the same call always writes the same pipeline.
 
-    build_tiny_pipeline("stable_diffusion" | "stable_diffusion_xl", folder, seed=0) -> folder
+    build_tiny_pipeline("unet" | "stable_diffusion" | "stable_diffusion_xl", folder, seed=0) -> folder
 
-The folder is what `StableDiffusionPipeline` / `StableDiffusionXLPipeline`
-`.from_pretrained(folder)` loads (model_index.json and one folder per component).
+The folder is what `DDPMPipeline` / `StableDiffusionPipeline` / `StableDiffusionXLPipeline`
+`.from_pretrained(folder)` loads (model_index.json and one folder per component);
+the unet one holds the built-in tiny UNet (`modules.families.unet_models.tiny_unet`).
 """
 
 import json
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-TINY_PIPELINE_TYPES = ("stable_diffusion", "stable_diffusion_xl")
+TINY_PIPELINE_TYPES = ("unet", "stable_diffusion", "stable_diffusion_xl")
 TOKENIZER_MAX_LENGTH = 77
 VOCAB_SIZE = 1000
 MERGES = ("t h", "th e</w>", "a n", "an d</w>", "o f</w>", "i n", "p h", "ph o", "pho t", "phot o</w>")
@@ -85,6 +86,14 @@ def _scheduler():
                          prediction_type="epsilon", clip_sample=False, steps_offset=1)
 
 
+def _tiny_ddpm_pipeline(sample_size: int):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from modules.families.unet_models import tiny_unet
+
+    return DDPMPipeline(unet=tiny_unet(sample_size), scheduler=DDPMScheduler(num_train_timesteps=1000))
+
+
 def build_tiny_pipeline(pipeline_type: str, folder: str | Path, seed: int = 0, sample_size: int = 16) -> Path:
     """Write a tiny `pipeline_type` pipeline with random weights (from `seed`) into `folder`; return it."""
     from transformers.utils import logging as transformers_logging
@@ -104,7 +113,9 @@ def build_tiny_pipeline(pipeline_type: str, folder: str | Path, seed: int = 0, s
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        if pipeline_type == "stable_diffusion":
+        if pipeline_type == "unet":
+            pipeline = _tiny_ddpm_pipeline(sample_size)
+        elif pipeline_type == "stable_diffusion":
             unet = UNet2DConditionModel(
                 block_out_channels=(16, 32), layers_per_block=1, sample_size=sample_size, in_channels=4,
                 out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),

@@ -20,15 +20,15 @@ import torch
 
 from modules.training import checkpoints, paths
 from modules.families.base import Family
-from modules.families.common import diffusion_loss, draw_noise
+from modules.families.losses import LossModule, Prediction, draw_noise
 from modules.families.unet_models import build_model, build_noise_scheduler, size_multiple, training_target
 
 SAMPLE_COUNT = 4
 SAMPLE_INFERENCE_STEPS = 20
 
 
-class UnetLossModel(torch.nn.Module):
-    """forward(micro_batch, generator) -> the DDPM loss of that micro-batch."""
+class UnetLossModel(LossModule):
+    """forward(micro_batch, generator) -> the DDPM loss of that micro-batch (`predict` + the shared loss)."""
 
     def __init__(self, unet, noise_scheduler, training_section):
         super().__init__()
@@ -37,7 +37,7 @@ class UnetLossModel(torch.nn.Module):
         self.min_snr_gamma = training_section.min_snr_gamma
         self.noise_offset = training_section.noise_offset
 
-    def forward(self, batch, generator: torch.Generator) -> torch.Tensor:
+    def predict(self, batch, generator: torch.Generator) -> Prediction:
         device = self.unet.device
         clean = batch.pixels
         noise, timesteps = draw_noise(clean.shape, self.noise_scheduler.config.num_train_timesteps, generator,
@@ -45,12 +45,12 @@ class UnetLossModel(torch.nn.Module):
         clean, noise, timesteps = clean.to(device), noise.to(device), timesteps.to(device)
         noisy = self.noise_scheduler.add_noise(clean, noise, timesteps)
         target = training_target(self.noise_scheduler, clean, noise, timesteps)
-        prediction = self.unet(noisy, timesteps).sample
-        return diffusion_loss(prediction, target, self.noise_scheduler, timesteps, self.min_snr_gamma)
+        return Prediction(self.unet(noisy, timesteps).sample, target, timesteps, self.noise_scheduler)
 
 
 class UnetFamily(Family):
     name = "UNet2DModel"
+    model_type = "unet"
 
     def __init__(self, preset, plan):
         self.preset = preset

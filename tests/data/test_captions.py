@@ -50,7 +50,6 @@ def test_caption_dropout_is_drawn_from_the_micro_batch_generator(images, tmp_pat
     from modules.families.stable_diffusion import StableDiffusionFamily
 
     family = StableDiffusionFamily.__new__(StableDiffusionFamily)  # only the caption logic is exercised
-    family.captions = {image: f"caption {index}" for index, image in enumerate(images)}
 
     class Data:
         caption_dropout = 0.5
@@ -60,7 +59,8 @@ def test_caption_dropout_is_drawn_from_the_micro_batch_generator(images, tmp_pat
 
     family.preset = Preset()
     batch = MicroBatch(pixels=torch.zeros(4, 3, 8, 8), paths=images, original_sizes=[(8, 8)] * 4,
-                       crop_top_lefts=[(0, 0)] * 4, epoch=0, index=0, global_index=0, rank=0)
+                       crop_top_lefts=[(0, 0)] * 4, epoch=0, index=0, global_index=0, rank=0,
+                       captions=[f"caption {index}" for index in range(4)])
     draws = [tuple(family.captions_of(batch, torch_generator(7, index, 0))) for index in range(12)]
     assert draws[:6] == [tuple(family.captions_of(batch, torch_generator(7, index, 0))) for index in range(6)]
     dropped = sum(caption == "" for draw in draws for caption in draw)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
@@ -20,7 +21,8 @@ from modules.errors import ConfigError
 from modules.data.sizes import header_size
 from modules.schedule.step_plan import build_step_plan
 from modules.training import train
-from modules.data.caches import LATENTS_DIR, TEXT_EMBEDDINGS_DIR
+from modules.data.caches import LATENTS_DIR, TEXT_EMBEDDINGS_DIR, file_sha256
+from modules.families.base import family_class
 from modules.families.tiny_pipelines import build_tiny_pipeline
 from tests.data.test_buckets import TABLE_SIZES, write_image
 from tests.training.test_train_cli import run, train_command
@@ -120,9 +122,10 @@ def test_a_modified_image_and_a_truncated_entry_are_rebuilt_and_said_so(tmp_path
     images = write_dataset(tmp_path / "images")
     trained(cache_preset(tmp_path, pipelines, images, "first", cache_latents=True))
     entries = sorted((tmp_path / "cache" / LATENTS_DIR).rglob("*.safetensors"))
-    truncated = entries[0]
-    truncated.write_bytes(truncated.read_bytes()[:100])
     changed = images / "image_03.png"
+    # An entry of another image: truncating one of the changed image's would hide its "(image changed)".
+    truncated = next(entry for entry in entries if entry_content(entry) != file_sha256(changed))
+    truncated.write_bytes(truncated.read_bytes()[:100])
     write_image(changed, *IMAGE_SIZES[3], seed=99)  # same size, other pixels: same bucket, other content
 
     encodes = Calls(monkeypatch, AutoencoderKL, "encode")
@@ -136,6 +139,40 @@ def test_a_modified_image_and_a_truncated_entry_are_rebuilt_and_said_so(tmp_path
 
     shutil.rmtree(tmp_path / "cache")  # the rebuilt entries hold the new image: the same weights as no cache
     assert_same_weights(rebuilt, trained(cache_preset(tmp_path, pipelines, images, "uncached"))[0])
+
+
+def entry_content(entry: Path) -> str:
+    """The SHA-256 of the image an intact latent entry was made from."""
+    with safe_open(str(entry), framework="pt") as stored:
+        return stored.metadata()["content_sha256"]
+
+
+def test_the_cache_identities_hold_the_weights_and_not_the_model_folders_path(tmp_path, pipelines, dataset):
+    moved = tmp_path / "elsewhere" / "moved_pipeline"
+    shutil.copytree(pipelines["stable_diffusion"], moved)
+    here, there = (family_class(preset)(preset, None) for preset in (
+        cache_preset(tmp_path, pipelines, dataset, "out"),
+        cache_preset(tmp_path, {"stable_diffusion": moved}, dataset, "out")))
+    assert here.latent_cache_identity() == there.latent_cache_identity()
+    assert here.text_cache_identity() == there.text_cache_identity()
+    vae_config = dict(there.pipeline.vae.config)
+    with torch.no_grad():
+        next(there.pipeline.vae.parameters()).view(-1)[0] += 1e-3  # one weight: the config is unchanged
+    assert dict(there.pipeline.vae.config) == vae_config
+    assert here.latent_cache_identity() != there.latent_cache_identity()
+    assert here.text_cache_identity() == there.text_cache_identity()  # the VAE makes no text embedding
+    with torch.no_grad():
+        next(there.pipeline.text_encoder.parameters()).view(-1)[0] += 1e-3
+    assert here.text_cache_identity() != there.text_cache_identity()
+
+
+def test_a_moved_model_folder_keeps_its_latent_cache(tmp_path, monkeypatch, pipelines, dataset):
+    trained(cache_preset(tmp_path, pipelines, dataset, "first", cache_latents=True))
+    moved = tmp_path / "moved" / "pipeline"
+    shutil.copytree(pipelines["stable_diffusion"], moved)
+    encodes = Calls(monkeypatch, AutoencoderKL, "encode")
+    _, lines = trained(cache_preset(tmp_path, {"stable_diffusion": moved}, dataset, "second", cache_latents=True))
+    assert encodes.count == 0 and any("entries reused, 0 to encode" in line for line in lines)
 
 
 def test_stop_and_resume_with_the_latent_cache_and_two_workers_equals_a_straight_run(tmp_path, pipelines, dataset,

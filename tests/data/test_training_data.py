@@ -92,3 +92,34 @@ def test_an_unreadable_image_names_its_path(tmp_path):
     with pytest.raises(ConfigError) as error:
         ImageDataset(folder, 8)
     assert str(folder / "empty.jpg") in str(error.value) and error.value.key == "data.path"
+
+
+def test_the_micro_batch_carries_each_samples_caption_concept_and_loss_weight(tmp_path, image_folder):
+    """The data side reads the captions (for a family that takes them) and hands them over with the samples."""
+    import json
+
+    from modules.config.preset import validate_preset
+    from modules.data.captions import caption_file
+
+    pipeline = tmp_path / "pipeline"
+    pipeline.mkdir()
+    (pipeline / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    images = sorted(image_folder.iterdir())
+    for index, image in enumerate(images[:-1]):
+        caption_file(image, ".txt").write_text(f" caption {index}\n", encoding="utf-8")
+    raw = {"model": {"path": str(pipeline), "resolution": 8}, "data": {"path": str(image_folder),
+                                                                        "default_caption": "the default"},
+           "training": {"batch_size": 3, "device": "cpu"}}
+    preset = validate_preset(raw)
+    plan = build_step_plan(preset)
+    dataset = build_dataset(preset, plan)
+    batch = dataset.micro_batch(dataset.epoch_order(0, 0), plan, 0, 0, 0, 0)
+    expected = {image: f"caption {index}" for index, image in enumerate(images[:-1])} | {images[-1]: "the default"}
+    assert batch.captions == [expected[path] for path in batch.paths] and len(batch.captions) == 3
+    assert batch.concepts == [image_folder.name] * 3 and batch.loss_weights == [1.0] * 3
+
+    raw["data"]["default_caption"] = None  # a missing caption is refused when the dataset is built
+    with pytest.raises(ConfigError, match="have no caption file"):
+        build_dataset(validate_preset(raw), plan)
+    unet = tiny_preset(tmp_path)
+    assert build_dataset(unet, build_step_plan(unet)).captions is None  # a unet model takes no captions

@@ -10,7 +10,7 @@ from modules.config.preset import validate_preset
 from modules.errors import ConfigError
 from modules.families.model_types import resolve_model_type
 from modules.families.base import family_class
-from modules.families.common import diffusion_loss, draw_noise
+from modules.families.losses import diffusion_loss, draw_noise
 
 
 def test_noise_offset_adds_one_constant_per_sample_and_channel_to_the_same_draws():
