@@ -15,7 +15,7 @@ from modules.schedule.step_plan import build_step_plan
 from modules.training import train
 from modules.data.datasets import MicroBatchStream
 from tests.data.test_buckets import TABLE_SIZES, write_image
-from tests.training.test_train_cli import ROOT, accelerate_launch, environment, newest_step, run, train_command, wait_for
+from tests.training.test_train_cli import ROOT, torchrun_launch, environment, newest_step, run, train_command, wait_for
 from tests.training_helpers import assert_same_weights, final_weights, one_thread, scalar_events  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -133,7 +133,7 @@ def test_two_cpu_processes_take_the_bucketed_plans_steps(tmp_path, mixed_folder)
     plan = build_step_plan(preset)
     path = tmp_path / "preset.json"
     save_preset(preset, path)
-    result = run(accelerate_launch(path), timeout=180)
+    result = run(torchrun_launch(path), timeout=180)
     assert result.returncode == 0, result.stderr
     assert "processes: 2" in result.stdout and f"finished {plan.total_steps} steps" in result.stdout
     assert [step for step, _ in scalar_events(preset.output.dir)["loss/train"]] == list(range(plan.total_steps))

@@ -269,7 +269,7 @@ def test_an_unwritable_cache_folder_is_one_line_and_exit_2_and_nothing_is_traine
 
 
 def test_two_cpu_processes_share_one_latent_cache_and_train_the_same_weights(tmp_path, pipelines, dataset):
-    from tests.training.test_train_cli import accelerate_launch
+    from tests.training.test_train_cli import torchrun_launch
 
     weights = {}
     for name, cached in (("uncached", False), ("cached", True)):
@@ -278,7 +278,7 @@ def test_two_cpu_processes_share_one_latent_cache_and_train_the_same_weights(tmp
         raw["training"]["num_processes"] = 2
         path = tmp_path / f"{name}.json"
         save_preset(validate_preset(raw), path)
-        result = run(accelerate_launch(path), timeout=300)
+        result = run(torchrun_launch(path), timeout=300)
         assert result.returncode == 0, result.stderr
         weights[name] = load_file(tmp_path / name / "model" / LORA_FILE)
     assert "latent cache" in result.stdout  # the main process reports its part

@@ -165,7 +165,6 @@ def torchrun_launch(*args) -> list[str]:
     return [str(TORCHRUN), "--nproc_per_node", "2", str(SCRIPT), *map(str, args), "--no-progress"]
 
 
-accelerate_launch = torchrun_launch  # the name tests/data/ import for their two-process runs
 
 
 def test_two_cpu_processes_follow_the_plan_and_resume_exactly(tmp_path):
