@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, make_images
+from tests.conftest import ROOT, make_images
 
 from modules.config.preset import apply_overrides, load_preset, validate_preset
 from modules.errors import ConfigError

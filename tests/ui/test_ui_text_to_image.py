@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from conftest import ROOT, make_images
+from tests.conftest import ROOT, make_images
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 

@@ -3,7 +3,7 @@
 import time
 
 import pytest
-from conftest import make_images
+from tests.conftest import make_images
 
 from modules.config.preset import validate_preset
 from modules.schedule.preview import build_preview

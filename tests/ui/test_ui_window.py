@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, make_images
+from tests.conftest import ROOT, make_images
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 ARTIFACTS = ROOT / "test-artifacts"

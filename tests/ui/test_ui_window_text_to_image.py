@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from tests.conftest import ROOT
 from safetensors.torch import load_file
 from test_ui_window import pump, screenshot, select_tab, settle, type_into
 
