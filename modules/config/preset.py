@@ -72,6 +72,9 @@ ADAPTIVE_OPTIMIZERS = ("prodigy", "dadapt_adam")  # they scale `lr` by their own
 LR_SCALINGS = ("none", "linear", "sqrt")
 LR_SCALING_BY = ("global_batch", "batch", "accumulation")
 DEFAULT_GROUP_NAME = "unet"
+GroupComponent = Literal["unet", "text_encoder", "text_encoder_2"]
+GROUP_COMPONENTS: tuple[str, ...] = get_args(GroupComponent)  # where a named group's match is searched
+LORA_PLUS_SUFFIX = "_B"  # lora.plus_ratio: group g's lora_B matrices train as the group g + "_B"
 
 
 def _duration(value: Any, info) -> DurationValue:
@@ -206,6 +209,7 @@ class ParamGroup(Section):
     name: str = Field(min_length=1)
     match: str = Field(min_length=1)
     lr: float = Field(gt=0)
+    component: GroupComponent = DEFAULT_GROUP_NAME  # the model part whose parameter names `match` searches
 
     @model_validator(mode="after")
     def _valid_regex(self):
@@ -221,6 +225,7 @@ class LoraSection(Section):
     alpha: float | None = Field(None, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES), min_length=1)
+    plus_ratio: float | None = Field(None, gt=0)  # LoRA+: each group's lora_B matrices at this times its LR
 
     @property
     def resolved_alpha(self) -> float:
@@ -254,6 +259,10 @@ class OptimizerSection(Section):
                 "parameters no group matches; use optimizer.lr for them",
                 "optimizer.param_groups",
             )
+        for reserved in GROUP_COMPONENTS[1:]:
+            if reserved in names:
+                raise ConfigError(f"the name '{reserved}' is reserved for the text encoder's parameters no group "
+                                  "matches; use optimizer.text_encoder_lr for them", "optimizer.param_groups")
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ConfigError(f"duplicate group name {duplicates[0]!r}", "optimizer.param_groups")
@@ -381,7 +390,16 @@ def _check_lora_options(preset: "Preset") -> None:
                           "or remove the lora section)", f"lora.{changed[0]}")
 
 
+def lora_plus_ratio(preset: "Preset") -> float | None:
+    """LoRA+ (SPEC §13): the ratio of each group's `<group>_B` (lora_B matrices) LR to its own; None when off."""
+    return preset.lora.plus_ratio if preset.training.method == "lora" else None
+
+
 def _check_text_encoders(preset: "Preset") -> None:
+    for index, group in enumerate(preset.optimizer.param_groups):
+        if group.component != DEFAULT_GROUP_NAME and preset.optimizer.text_encoder_lr is None:
+            raise ConfigError(f"'{group.component}' needs optimizer.text_encoder_lr (the text encoders are frozen "
+                              "without it)", f"optimizer.param_groups.{index}.component")
     if preset.optimizer.text_encoder_stop_after is not None and preset.optimizer.text_encoder_lr is None:
         raise ConfigError("needs optimizer.text_encoder_lr (the text encoders are frozen without it)",
                           "optimizer.text_encoder_stop_after")
@@ -400,6 +418,10 @@ def _check_adaptive_optimizer(preset: "Preset") -> None:
     optimizer = preset.optimizer
     if optimizer.type not in ADAPTIVE_OPTIMIZERS:
         return
+    if preset.lora.plus_ratio is not None:
+        raise ConfigError(
+            f"cannot give the lora_B matrices another LR with {optimizer.type}: it trains every group at one LR "
+            "(optimizer.lr; its d adapts it): remove lora.plus_ratio or use adamw", "lora.plus_ratio")
     for index, group in enumerate(optimizer.param_groups):
         if group.lr != optimizer.lr:
             raise ConfigError(

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from modules.config.preset import OptimizerSection
+from modules.config.preset import DEFAULT_GROUP_NAME, LORA_PLUS_SUFFIX, OptimizerSection
+from modules.errors import ConfigError
 from modules.schedule.shapes import applied_multipliers, effective_multipliers
 from modules.schedule.step_plan import StepPlan
 
@@ -104,13 +105,26 @@ class LrCurve:
 def build_lr_curve(plan: StepPlan, optimizer: OptimizerSection) -> LrCurve:
     """The curve of `plan` for `optimizer`'s groups; base LRs times the plan's `lr_scale` (optimizer.lr_scaling).
 
-    Text-encoder groups (SPEC §7) follow the named groups and 'unet', at text_encoder_lr.
+    Group order (SPEC §7, §13): the named regex groups (in the preset's order, whatever their component),
+    'unet', then the text encoders that train, at text_encoder_lr. A group searching a text encoder
+    (`component`) stops with the text encoders (optimizer.text_encoder_stop_after). With LoRA+
+    (`plan.lora_plus_ratio`) each group g is followed by g + '_B', its lora_B matrices, at
+    lora_plus_ratio x g's LR, with g's schedule and stop.
     """
-    encoders = plan.text_encoder_groups
-    names = tuple(optimizer.group_names) + tuple(encoders)
-    base_lrs = tuple(optimizer.base_lrs) + (optimizer.text_encoder_lr,) * len(encoders)
-    stops = (None,) * len(optimizer.group_names) + (plan.text_encoder_stop_steps,) * len(encoders)
-    return LrCurve(plan, names, tuple(lr * plan.lr_scale for lr in base_lrs), stops)
+    plus_ratio = plan.lora_plus_ratio
+    groups = [(group.name, group.lr, group.component != DEFAULT_GROUP_NAME) for group in optimizer.param_groups]
+    groups.append((DEFAULT_GROUP_NAME, optimizer.lr, False))
+    groups.extend((name, optimizer.text_encoder_lr, True) for name in plan.text_encoder_groups)
+    if plus_ratio is not None:
+        groups = [split for name, lr, encoder in groups
+                  for split in ((name, lr, encoder), (name + LORA_PLUS_SUFFIX, lr * plus_ratio, encoder))]
+    names = tuple(name for name, _, _ in groups)
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"the group name {duplicates[0]!r} is taken twice (lora.plus_ratio names each group's "
+                          f"lora_B matrices <group>{LORA_PLUS_SUFFIX}): rename the group", "optimizer.param_groups")
+    stops = tuple(plan.text_encoder_stop_steps if encoder else None for _, _, encoder in groups)
+    return LrCurve(plan, names, tuple(lr * plan.lr_scale for _, lr, _ in groups), stops)
 
 
 def read_lr_csv(path) -> tuple[list[str], np.ndarray]:

@@ -19,7 +19,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from modules.config.preset import Preset
+from modules.config.preset import DEFAULT_GROUP_NAME, Preset, lora_plus_ratio
+from modules.errors import ConfigError
 from modules.data.checks import check_dataset
 from modules.families.model_types import resolve_model_type, text_encoder_groups
 from modules.schedule.accounting import (  # noqa: F401 - re-exported: callers import them from here
@@ -61,6 +62,7 @@ class StepPlan:
     model_type: str = "unet"                       # modules.families.model_types: the family this plan trains
     text_encoder_groups: tuple[str, ...] = ()      # the text-encoder param groups that train (SPEC §7)
     text_encoder_stop_steps: int | None = None     # from this optimizer step on they train at LR 0
+    lora_plus_ratio: float | None = None          # LoRA+ (SPEC §13): groups <g>_B at this x g's LR; None: off
     lr_scale: float = 1.0  # every group's base LR is multiplied by this (optimizer.lr_scaling)
     lr_scale_note: str = ""  # how: "lr 1e-4 x sqrt(8) = 2.83e-4 (batch 2 x accumulation 4)"; "" when unscaled
     buckets: tuple[tuple[int, int, int], ...] = ()  # (width, height, images) of each used bucket; () without
@@ -152,13 +154,25 @@ def _plan_extras(preset: Preset, counts: StepCounts) -> dict:
                                          training.gradient_accumulation_steps)
     model_type = resolve_model_type(preset.model)
     stop_after = preset.optimizer.text_encoder_stop_after
+    encoders = text_encoder_groups(preset, model_type)
+    check_group_components(preset, model_type, encoders)
     return {
         "checkpoint_steps": counts.interval_steps(output.checkpoint_every, "output.checkpoint_every", final=True),
         "sample_steps": counts.interval_steps(output.sample_every, "output.sample_every"),
         "model_type": model_type,
-        "text_encoder_groups": text_encoder_groups(preset, model_type),
+        "text_encoder_groups": encoders,
+        "lora_plus_ratio": lora_plus_ratio(preset),
         "text_encoder_stop_steps": (None if stop_after is None
                                     else counts.to_steps(stop_after, "optimizer.text_encoder_stop_after")),
         "lr_scale": lr_scale,
         "lr_scale_note": lr_scale_note,
     }
+
+
+def check_group_components(preset: Preset, model_type: str, encoders: tuple[str, ...]) -> None:
+    """ConfigError for a named group whose `component` this model does not train (SPEC §13)."""
+    for index, group in enumerate(preset.optimizer.param_groups):
+        if group.component != DEFAULT_GROUP_NAME and group.component not in encoders:
+            has = ", ".join((DEFAULT_GROUP_NAME, *encoders))
+            raise ConfigError(f"'{group.component}' is not a part of this {model_type} model that trains "
+                              f"(it trains: {has})", f"optimizer.param_groups.{index}.component")

@@ -1,14 +1,16 @@
 """Optimizers, parameter groups, and the one switch into schedule-free eval mode.
 
-Parameter groups (SPEC §3): a parameter joins the first group of
-`optimizer.param_groups` whose `match` regex is found (re.search) in its name;
-the rest form the group `unet` at `optimizer.lr`. Groups are created in
-`preset.optimizer.group_names` order, the order `LrCurve` uses, and carry
-their name in `param_group["name"]`. A named group that matches no parameter
-is a ConfigError. A model family hands its trainable parameters as components
-[(group, [(name, parameter)])]: the regex groups match inside the `unet`
-component; the others (`text_encoder`, `text_encoder_2`, SPEC §7) are groups of
-their own, after `unet`, at the LR the curve gives them.
+Parameter groups (SPEC §3, §7, §13): a model family hands its trainable
+parameters as components [(component, [(name, parameter)])] (`unet`, and
+`text_encoder`, `text_encoder_2` where they train). A parameter joins the first
+group of `optimizer.param_groups` of its component whose `match` regex is
+found (re.search) in its name; the rest of a component form the group named
+after it (`unet` at `optimizer.lr`, the text encoders at `text_encoder_lr`).
+With LoRA+ (`lora.plus_ratio`) a LoRA up matrix (peft's `lora_B`) joins its
+group's `<group>_B` instead. Groups are created in the curve's order
+(`modules.schedule.lr_curve.build_lr_curve`) and carry their name in
+`param_group["name"]`. A named group that matches no parameter, or a `_B`
+group left empty, is a ConfigError.
 
 Schedule-free optimizers (`schedulefree`): `warmup_steps` is the plan's
 warmup in optimizer steps (AdamW variant; the RAdam variant has none). The
@@ -33,15 +35,18 @@ from contextlib import contextmanager
 
 import torch
 
-from modules.config.preset import ADAPTIVE_OPTIMIZERS, DEFAULT_GROUP_NAME, SCHEDULE_FREE_OPTIMIZERS
+from modules.config.preset import (ADAPTIVE_OPTIMIZERS, DEFAULT_GROUP_NAME, LORA_PLUS_SUFFIX, SCHEDULE_FREE_OPTIMIZERS,
+                                   lora_plus_ratio)
 from modules.errors import ConfigError
 
 
-def param_groups(model: torch.nn.Module, optimizer_section, components=None, groups=None) -> list[dict]:
+def param_groups(model: torch.nn.Module, optimizer_section, components=None, groups=None,
+                 plus_ratio: float | None = None) -> list[dict]:
     """[{"name", "params", "lr"}] in group order; ConfigError for a group with no parameter.
 
-    `components`: the family's [(group, [(name, parameter)])] (default: every parameter of `model` in `unet`);
-    `groups`: (names, base LRs) in optimizer order (default: the preset's named groups and `unet`).
+    `components`: the family's [(component, [(name, parameter)])] (default: every parameter of `model` in `unet`);
+    `groups`: (names, base LRs) in optimizer order (default: the preset's named groups and `unet`);
+    `plus_ratio`: LoRA+ is on (`lora_plus_ratio`): each group's lora_B matrices go to its group + '_B'.
     """
     named = optimizer_section.param_groups
     patterns = [re.compile(group.match) for group in named]
@@ -53,26 +58,38 @@ def param_groups(model: torch.nn.Module, optimizer_section, components=None, gro
         for parameter_name, parameter in named_parameters:
             if not parameter.requires_grad:
                 continue
-            if component != DEFAULT_GROUP_NAME:
-                members[component].append(parameter)
-                continue
-            _assign(parameter_name, parameter, named, patterns, members)
+            name = _group_of(component, parameter_name, named, patterns)
+            if plus_ratio is not None and is_lora_b(parameter_name):
+                name += LORA_PLUS_SUFFIX
+            members[name].append(parameter)
     for index, group in enumerate(named):
         if not members[group.name]:
             raise ConfigError(
-                f"group {group.name!r}: match {group.match!r} is found in no parameter name of the model",
-                f"optimizer.param_groups.{index}.match",
+                f"group {group.name!r}: match {group.match!r} is found in no parameter name of the "
+                f"{group.component}", f"optimizer.param_groups.{index}.match",
             )
+    for name in names:
+        if name.endswith(LORA_PLUS_SUFFIX) and name in members and not members[name]:
+            raise ConfigError(f"group {name.removesuffix(LORA_PLUS_SUFFIX)!r} holds no lora_B matrix, so its LoRA+ "
+                              f"group {name!r} would be empty (change its match, or remove lora.plus_ratio)",
+                              "lora.plus_ratio")
     return [{"name": name, "params": members[name], "lr": lr} for name, lr in zip(names, lrs)]
 
 
-def _assign(parameter_name, parameter, named, patterns, members) -> None:
-    """Put a UNet parameter into the first named group whose regex it matches, else into `unet`."""
+def _group_of(component: str, parameter_name: str, named, patterns) -> str:
+    """The first named group of `component` whose regex is found in the name; else the component's own group."""
     for group, pattern in zip(named, patterns):
-        if pattern.search(parameter_name):
-            members[group.name].append(parameter)
-            return
-    members[DEFAULT_GROUP_NAME].append(parameter)
+        if group.component == component and pattern.search(parameter_name):
+            return group.name
+    return component
+
+
+_LORA_B = re.compile(r"(^|\.)lora_B(\.|$)")
+
+
+def is_lora_b(parameter_name: str) -> bool:
+    """A LoRA up matrix: peft names it `...to_q.lora_B.default.weight`."""
+    return bool(_LORA_B.search(parameter_name))
 
 
 def is_schedule_free(optimizer_type: str) -> bool:
@@ -86,7 +103,7 @@ def build_optimizer(model: torch.nn.Module, preset, warmup_steps: int, component
     `components` and `groups` as in `param_groups`.
     """
     section = preset.optimizer
-    groups = param_groups(model, section, components, groups)
+    groups = param_groups(model, section, components, groups, lora_plus_ratio(preset))
     if section.type == "adamw":
         return torch.optim.AdamW(groups, lr=section.lr, betas=section.betas, eps=section.eps,
                                  weight_decay=section.weight_decay)
