@@ -227,7 +227,7 @@ def test_lora_b_matrices_and_a_text_encoder_group_train_at_their_planned_lr_ever
         result = train(preset, progress_bar=False, log=lambda message: None)
 
     assert result.finished and len(recorder.steps) == curve.plan.total_steps == 6
-    lora_b = [key for key, (_, name) in named.items() if is_lora_b(name)]
+    lora_b = [key for key, (_, name) in named.items() if ".lora_B." in name]  # peft's names, not the code's test
     assert len(lora_b) * 2 == len(named) and recorder.watched
     for step, applied in enumerate(recorder.steps):
         planned = curve.applied_lrs(step)
