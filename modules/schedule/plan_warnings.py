@@ -74,6 +74,7 @@ def bucket_warnings(plan) -> list[str]:
                         "(the last, short micro-batch of each bucket)")
     elif short:
         filled = sum(-(images * plan.repeats) % per_step for _, _, images in plan.buckets)
-        warnings.append(f"{plural(filled, 'repeated sample')} fill the last micro-batch of buckets "
+        verb = "fills" if filled == 1 else "fill"
+        warnings.append(f"{plural(filled, 'repeated sample')} {verb} the last micro-batch of buckets "
                         "that do not divide into whole micro-batches")
     return warnings
