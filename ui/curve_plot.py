@@ -13,18 +13,21 @@ one-shot form for a fresh figure.
 """
 
 import math
+import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.ticker import EngFormatter, Formatter, MaxNLocator
 
+from modules.config.preset import LORA_PLUS_SUFFIX
 from modules.schedule.preview import Preview, envelope
 
 MAX_LINE_POINTS = 4000
 # The app's preview draws fewer bins: about two per horizontal pixel is all the eye can see.
 APP_LINE_POINTS = 2000
 MAX_MARKS = 300
+TITLE_PAD_POINTS = 8  # between the plan's title and the plot
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 DARK_COLORS = ("#5aa9e6", "#ffa24c", "#5fd35f", "#ff6b6b", "#c39bef", "#d4a373")
 
@@ -55,6 +58,40 @@ class LrFormatter(Formatter):
             return f"{value:.6g}"
         mantissa, exponent = f"{value:.3e}".split("e")
         return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def group_styles(curve) -> list[tuple[int, object]]:
+    """(colour index, line style) of each group of `curve`, so that every group stays visible.
+
+    A LoRA+ group `<g>_B` takes g's colour, dash-dotted. A group whose curve equals an earlier
+    group's (the same base LR and stop: SDXL's two text encoders at text_encoder_lr) is drawn
+    dashed (dotted for a `_B` group) over the earlier one, so the solid line shows between the
+    dashes and both are told apart in the legend.
+    """
+    stops = curve.stop_steps or (None,) * len(curve.group_names)
+    colours: dict[str, int] = {}
+    seen: set = set()
+    styles = []
+    for name, base_lr, stop in zip(curve.group_names, curve.base_lrs, stops):
+        base = name.removesuffix(LORA_PLUS_SUFFIX)
+        lora_b = name != base and base in colours
+        if not lora_b:
+            colours[name] = len(colours)
+        repeated = (base_lr, stop) in seen
+        seen.add((base_lr, stop))
+        if repeated:
+            style = ":" if lora_b else (0, (5, 3))
+        else:
+            style = "-." if lora_b else "-"
+        styles.append((colours[base] if lora_b else colours[name], style))
+    return styles
+
+
+def wrapped_title(text: str, figure: Figure, fontsize_points: float = 10.0) -> str:
+    """`text` with each line wrapped to the figure's width (a long note would run off both edges)."""
+    pixels_per_char = 0.6 * fontsize_points * figure.dpi / 72
+    width = max(40, int(figure.get_figwidth() * figure.dpi * 0.9 / pixels_per_char))
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
 
 
 def use_step_ticks(axis) -> None:
@@ -160,12 +197,14 @@ class PreviewPlot:
         title_text = plan.summary() if title is None else title
         if preview.notes and title is None:
             title_text += "\n" + "; ".join(preview.notes)  # adaptive optimizers: the curve is lr x f(k), not d x lr
+        title_text = wrapped_title(title_text, self.figure)
         static_key = (limits, labels, title_text, self.dark)
         if static_key != self._static_key or not self.blit:
             axes.set_xlim(*limits[0])
             axes.set_ylim(*limits[1])
             self._draw_legend(added, labels)
-            axes.set_title(title_text, fontsize="medium", color=theme["foreground"])
+            axes.set_title(title_text, fontsize="medium", color=theme["foreground"], pad=TITLE_PAD_POINTS,
+                           linespacing=1.3)
             self._static_key = static_key
             self._needs_full_draw = True
         if self.blit:
@@ -199,21 +238,22 @@ class PreviewPlot:
         colors = theme["colors"]
         self.curve_artists = {}
         stop_steps = curve.stop_steps or (None,) * len(curve.group_names)
-        for index, name in enumerate(curve.group_names):
-            color = colors[index % len(colors)]
+        for index, (name, (colour_index, style)) in enumerate(zip(curve.group_names, group_styles(curve))):
+            color = colors[colour_index % len(colors)]
             group_low, group_high = stopped_envelope(curve.base_lrs[index], steps, low, high, total,
                                                      stop_steps[index])
             if total <= self.max_line_points:
                 # steps-post: the LR of step k holds from k to k + 1, so repeat the last value at T.
                 (self.curve_artists[name],) = axes.plot(
                     np.append(steps, total), np.append(group_high, group_high[-1]), color=color, lw=1.6,
-                    label=f"lr/{name}", drawstyle="steps-post")
+                    ls=style, label=f"lr/{name}", drawstyle="steps-post")
             else:
                 # Each bin is a rectangle from its low to its high, held until the next bin starts.
                 edges = np.append(steps, total)
                 self.curve_artists[name] = axes.fill_between(
                     np.repeat(edges, 2)[1:-1], np.repeat(group_low, 2), np.repeat(group_high, 2),
-                    color=color, alpha=0.55, lw=0.8, label=f"lr/{name} (min-max)")
+                    color=color, alpha=0.55, lw=0.8, ls=style, label=f"lr/{name} (min-max)",
+                    **({} if style == "-" else {"hatch": "//", "facecolor": "none", "edgecolor": color}))
             added.append(self.curve_artists[name])
             if actual and name in actual:
                 done_steps, done_lrs = actual[name]

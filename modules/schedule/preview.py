@@ -67,10 +67,11 @@ class Preview:
             f"  cycle boundaries  {listing(plan.cycle_starts)}",
             f"  checkpoints at    {listing(plan.checkpoint_steps)} {checkpoint_note}",
         ]
+        width = max([14, *(len(name) for name in self.curve.group_names)])  # LoRA+ names are longer
         for index, name in enumerate(self.curve.group_names):
             column = table[:, index]
             lines.append(
-                f"  lr/{name:<14} peak {column.max():.4g}, first {column[0]:.4g}, last {column[-1]:.4g}"
+                f"  lr/{name:<{width}} peak {column.max():.4g}, first {column[0]:.4g}, last {column[-1]:.4g}"
             )
         lines.extend(f"note: {note}" for note in self.notes)
         if plan.warnings:

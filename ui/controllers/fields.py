@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from modules.config.preset import MODEL_CONFIGS, MODEL_TYPES, OPTIMIZER_TYPES, SCHEDULER_TYPES, TRAINING_METHODS
+from modules.config.preset import (DEFAULT_GROUP_NAME, GROUP_COMPONENTS, MODEL_CONFIGS, MODEL_TYPES, OPTIMIZER_TYPES,
+                                   SCHEDULER_TYPES, TRAINING_METHODS)
 
 NONE_CHOICE = "(none)"
 DURATION_HINT = 'steps, "10%" of the run or "1.5 epochs"'
@@ -73,6 +74,9 @@ LORA_FIELDS = (
     FieldSpec("lora.dropout", "LoRA dropout", "float", "dropout inside the adapters (0..<1)"),
     FieldSpec("lora.target_modules", "Target modules", "json",
               'UNet modules that get adapters, e.g. ["to_q", "to_k", "to_v", "to_out.0"]'),
+    FieldSpec("lora.plus_ratio", "LoRA+ ratio", "float",
+              "LoRA+: each group's lora_B (up) matrices train as <group>_B at this x its LR "
+              "(kohya's loraplus_lr_ratio, e.g. 16); empty: off", optional=True),
 )
 
 TRAINING_FIELDS = (
@@ -114,8 +118,11 @@ OUTPUT_FIELDS = (
               'SD / SDXL: the prompts sampled, e.g. ["a photo of a cat"]'),
 )
 
-SCHEDULER_TYPE_FIELD = FieldSpec("scheduler.type", "Schedule", "choice", "the shape of the LR over the run",
-                                 choices=SCHEDULER_TYPES)
+# SPEC §13: the same name means another curve in diffusers, transformers and kohya sd-scripts.
+RESTARTS_NAMING_NOTE = ("cosine_with_restarts here is OneTrainer's smooth waves; diffusers, transformers and kohya "
+                        "use that name for jumps back to the peak: cosine_with_hard_restarts here")
+SCHEDULER_TYPE_FIELD = FieldSpec("scheduler.type", "Schedule", "choice",
+                                 "the shape of the LR over the run. " + RESTARTS_NAMING_NOTE, choices=SCHEDULER_TYPES)
 
 SCHEDULER_FIELDS = (
     FieldSpec("scheduler.warmup", "Warmup", "duration", "linear ramp at the start: " + DURATION_HINT),
@@ -144,7 +151,11 @@ PARAM_GROUP_FIELDS = {
     "name": FieldSpec("name", "Name", "text"),
     "match": FieldSpec("match", "Match", "text", "regular expression searched in parameter names"),
     "lr": FieldSpec("lr", "LR", "float"),
+    "component": FieldSpec("component", "Component", "choice", "the model part whose parameter names match searches",
+                           choices=GROUP_COMPONENTS),
 }
+# What a group's field shows when the preset leaves it out (name, match and lr are required).
+PARAM_GROUP_DEFAULTS = {"component": DEFAULT_GROUP_NAME}
 
 _WARMUP = ("scheduler.warmup", "scheduler.warmup_start_factor")
 _DECAYING = ("scheduler.min_factor",)

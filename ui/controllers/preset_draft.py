@@ -44,6 +44,7 @@ from modules.families.model_types import TEXT_TO_IMAGE_TYPES
 from modules.schedule.preview import Preview, build_preview
 from ui.controllers.fields import (
     ALL_FIELDS,
+    PARAM_GROUP_DEFAULTS,
     PARAM_GROUP_FIELDS,
     SCHEDULER_FIELDS,
     FieldSpec,
@@ -210,7 +211,8 @@ class PresetDraft:
         """The named parameter groups as the editor shows them: name, match and lr texts."""
         groups = self.value("optimizer.param_groups") or []
         return [
-            {field: format_value(spec, group.get(field) if isinstance(group, dict) else None)
+            {field: format_value(spec, group.get(field, PARAM_GROUP_DEFAULTS.get(field)) if isinstance(group, dict)
+                                 else None)
              for field, spec in PARAM_GROUP_FIELDS.items()}
             for group in groups
         ]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import customtkinter as ctk
 
-from ui.controllers.fields import FieldSpec
+from ui.controllers.fields import PARAM_GROUP_FIELDS, FieldSpec
 
 ERROR_COLOR = ("#c0392b", "#ff6b6b")
 HINT_COLOR = ("gray35", "gray65")
@@ -154,7 +154,7 @@ class FieldsPanel(ctk.CTkScrollableFrame):
 
 
 class ParamGroupsEditor(ctk.CTkFrame):
-    """One line per named parameter group: name, match (regex), lr, remove."""
+    """One line per named parameter group: name, match (regex), lr, component (where match searches), remove."""
 
     def __init__(self, master, on_edit: Callable[[int, str, str], None], on_add: Callable[[], None],
                  on_remove: Callable[[int], None]):
@@ -165,12 +165,14 @@ class ParamGroupsEditor(ctk.CTkFrame):
         header.grid(row=0, column=0, sticky="we", padx=6, pady=(6, 0))
         ctk.CTkLabel(header, text="Parameter groups", font=ctk.CTkFont(size=14, weight="bold")).pack(side="left")
         ctk.CTkButton(header, text="Add group", width=90, command=on_add).pack(side="right")
-        ctk.CTkLabel(self, text="a parameter joins the first group whose match is found in its name; "
-                                "the rest form 'unet' at the learning rate above",
+        ctk.CTkLabel(self, text="a parameter joins the first group of its component whose match is found in its "
+                                "name; the rest form 'unet' at the learning rate above (the text encoders: "
+                                "'text_encoder', 'text_encoder_2' at the text encoder LR)",
                      text_color=HINT_COLOR, font=ctk.CTkFont(size=11), anchor="w", justify="left",
                      wraplength=420).grid(row=1, column=0, sticky="w", padx=6)
         self.headers = ctk.CTkFrame(self, fg_color="transparent")
-        for column, (text, width) in enumerate((("name", 110), ("match (regex)", 150), ("LR", 90))):
+        for column, (text, width) in enumerate((("name", 110), ("match (regex)", 150), ("LR", 90),
+                                                ("component", 120))):
             ctk.CTkLabel(self.headers, text=text, width=width, anchor="w", text_color=HINT_COLOR,
                          font=ctk.CTkFont(size=11)).grid(row=0, column=column, padx=(0, 4))
         self.lines = ctk.CTkFrame(self, fg_color="transparent")
@@ -201,15 +203,19 @@ class ParamGroupsEditor(ctk.CTkFrame):
 
     def _line(self, index: int) -> dict:
         entries = {}
-        for column, (field, width) in enumerate((("name", 110), ("match", 150), ("lr", 90))):
+        for column, (field, width) in enumerate((("name", 110), ("match", 150), ("lr", 90), ("component", 120))):
             variable = ctk.StringVar()
-            entry = ctk.CTkEntry(self.lines, textvariable=variable, width=width, placeholder_text=field)
+            if field == "component":
+                entry = ctk.CTkOptionMenu(self.lines, variable=variable, width=width,
+                                          values=list(PARAM_GROUP_FIELDS[field].choices))
+            else:
+                entry = ctk.CTkEntry(self.lines, textvariable=variable, width=width, placeholder_text=field)
             entry.variable = variable
             entry.grid(row=index, column=column, padx=(0, 4), pady=2)
             variable.trace_add("write", lambda *_, f=field, v=variable: self._edited(index, f, v.get()))
             entries[field] = entry
         ctk.CTkButton(self.lines, text="Remove", width=70, command=lambda: self._on_remove(index)).grid(
-            row=index, column=3, pady=2)
+            row=index, column=4, pady=2)
         return entries
 
     def _edited(self, index: int, field: str, text: str) -> None:
@@ -219,6 +225,8 @@ class ParamGroupsEditor(ctk.CTkFrame):
     def set_error(self, index: int | None, field: str | None, message: str | None) -> None:
         for line_index, entries in enumerate(self.entries):
             for name, entry in entries.items():
+                if isinstance(entry, ctk.CTkOptionMenu):  # it offers only valid values, and has no border
+                    continue
                 marked = message and line_index == index and (field is None or name == field)
                 entry.configure(border_color=ERROR_COLOR if marked else _default_border())
         if message:
