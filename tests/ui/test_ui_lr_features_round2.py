@@ -3,7 +3,7 @@ both SDXL text-encoder lines visible when equal, the plan title inside the figur
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from tests.conftest import ROOT
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
