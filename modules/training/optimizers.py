@@ -68,8 +68,9 @@ def param_groups(model: torch.nn.Module, optimizer_section, components=None, gro
                 f"group {group.name!r}: match {group.match!r} is found in no parameter name of the "
                 f"{group.component}", f"optimizer.param_groups.{index}.match",
             )
-    for name in names:
-        if name.endswith(LORA_PLUS_SUFFIX) and name in members and not members[name]:
+    for name in names:  # a group of LoRA A matrices without their B matrices: its match splits the pairs
+        base = name.removesuffix(LORA_PLUS_SUFFIX)
+        if name != base and base in members and members[base] and not members[name]:
             raise ConfigError(f"group {name.removesuffix(LORA_PLUS_SUFFIX)!r} holds no lora_B matrix, so its LoRA+ "
                               f"group {name!r} would be empty (change its match, or remove lora.plus_ratio)",
                               "lora.plus_ratio")

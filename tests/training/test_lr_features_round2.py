@@ -13,15 +13,16 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import modules.training.trainer as trainer_module
-from modules.config.preset import validate_preset
+from modules.config.preset import load_preset, validate_preset
 from modules.errors import ConfigError
 from modules.schedule.lr_curve import read_lr_csv
 from modules.schedule.preview import build_preview
 from modules.training import train
 from modules.training.optimizers import is_lora_b, param_groups
-from tests.conftest import make_images
+from tests.conftest import ROOT, make_images
 from tests.training_helpers import one_thread, scalar_events  # noqa: F401
 
+PER_BLOCK = ROOT / "training_presets" / "per_block_lr_demo.json"
 PLUS_RATIO = 4.0
 STOP = 3  # optimizer.text_encoder_stop_after, in optimizer steps
 NAMED = [
@@ -198,6 +199,25 @@ class AppliedLrs:
         self.after.append([parameter.detach().clone() for parameter in self.watched])
 
 
+def record_parameter_names(monkeypatch, recorder: AppliedLrs, watched_component: str = "",
+                           watched_match: str = "") -> dict[int, tuple[str, str]]:
+    """id(parameter) -> (component, parameter name), as the family hands them to the trainer's optimizer;
+    the parameters of `watched_component` whose name `watched_match` is found in join `recorder.watched`."""
+    named: dict[int, tuple[str, str]] = {}
+    real_build = trainer_module.build_optimizer
+
+    def recording_build(model, preset, warmup_steps, components=None, groups=None):
+        for component, listed in components:
+            for name, parameter in listed:
+                named[id(parameter)] = (component, name)
+                if component == watched_component and re.search(watched_match, name):
+                    recorder.watched.append(parameter)
+        return real_build(model, preset, warmup_steps, components, groups)
+
+    monkeypatch.setattr(trainer_module, "build_optimizer", recording_build)
+    return named
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_lora_b_matrices_and_a_text_encoder_group_train_at_their_planned_lr_every_step(tmp_path, monkeypatch):
@@ -211,18 +231,7 @@ def test_lora_b_matrices_and_a_text_encoder_group_train_at_their_planned_lr_ever
     curve = build_preview(preset).curve
     column = {name: index for index, name in enumerate(curve.group_names)}
     recorder = AppliedLrs()
-    named: dict[int, tuple[str, str]] = {}  # id(parameter) -> (component, parameter name), from the family
-    real_build = trainer_module.build_optimizer
-
-    def recording_build(model, preset, warmup_steps, components=None, groups=None):
-        for component, listed in components:
-            for name, parameter in listed:
-                named[id(parameter)] = (component, name)
-                if component == "text_encoder" and re.search(NAMED[0]["match"], name):
-                    recorder.watched.append(parameter)
-        return real_build(model, preset, warmup_steps, components, groups)
-
-    monkeypatch.setattr(trainer_module, "build_optimizer", recording_build)
+    named = record_parameter_names(monkeypatch, recorder, "text_encoder", NAMED[0]["match"])
     with recorder:
         result = train(preset, progress_bar=False, log=lambda message: None)
 
@@ -252,3 +261,40 @@ def test_lora_b_matrices_and_a_text_encoder_group_train_at_their_planned_lr_ever
         steps, values = zip(*events[f"lr/{name}"])
         assert list(steps) == list(range(6))
         np.testing.assert_allclose(values, csv_table[:, index], rtol=1e-6, atol=0)  # TensorBoard keeps float32
+
+
+# --- the documented per-block example -------------------------------------------------------------------------
+
+
+def test_the_per_block_example_gives_down_mid_and_up_blocks_their_own_lr():
+    preset = load_preset(PER_BLOCK)
+    assert [(group.name, group.match) for group in preset.optimizer.param_groups] == [
+        ("down_blocks", r"^down_blocks\."), ("mid_block", r"^mid_block\."), ("up_blocks", r"^up_blocks\.")]
+    curve = build_preview(preset).curve
+    assert curve.group_names == ("down_blocks", "mid_block", "up_blocks", "unet")
+    peaks = curve.effective_table().max(axis=0)
+    np.testing.assert_allclose(peaks, [2.5e-4, 5e-4, 1e-3, 1e-3], rtol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_the_per_block_example_trains_each_block_at_its_lr(tmp_path, monkeypatch):
+    from modules.families.tiny_pipelines import build_tiny_pipeline
+
+    pipeline = build_tiny_pipeline("stable_diffusion", tmp_path / "sd")
+    preset = load_preset(PER_BLOCK, [f"model.path={pipeline}", f"output.dir={tmp_path / 'out'}", "model.resolution=16",
+                                     "training.max_steps=4", f"data.path={ROOT / 'training_presets' / 'text_to_image_images'}"])
+    curve = build_preview(preset).curve
+    recorder = AppliedLrs()
+    named = record_parameter_names(monkeypatch, recorder)
+    with recorder:
+        assert train(preset, progress_bar=False, log=lambda message: None).finished
+    blocks = {"down_blocks": 0, "mid_block": 0, "up_blocks": 0}
+    for step, applied in enumerate(recorder.steps):
+        planned = dict(zip(curve.group_names, curve.applied_lrs(step)))
+        for key, (component, name) in named.items():
+            block = name.split(".")[0]
+            assert component == "unet" and block in blocks, name  # LoRA on attention layers: all in the blocks
+            assert applied[key] == planned[block], (step, name)
+            blocks[block] += 1
+    assert all(blocks.values()) and len(recorder.steps) == 4
