@@ -65,7 +65,7 @@ def test_the_data_tab_shows_the_model_type_the_caption_count_and_the_lora_settin
     data_tab = app.settings.data_tab
     assert data_tab.data_panel.rows["data.caption_extension"].note.cget("text") == "7 of 7 images have a caption file"
     assert set(data_tab.lora_panel.visible_keys()) == {"training.method", "lora.rank", "lora.alpha", "lora.dropout",
-                                                     "lora.target_modules"}
+                                                     "lora.target_modules", "lora.plus_ratio"}
     screenshot(app, display, "text_to_image_data_tab.png")
 
     app.field_row("training.method").input.set("full")
