@@ -46,6 +46,7 @@ from modules.families.model_types import read_model_index
 from modules.training import checkpoints, paths
 from modules.families.base import Family
 from modules.families import lora as lora_files
+from modules.families import single_file
 from modules.families.losses import LossModule, Prediction, draw_noise
 from modules.families.unet_models import size_multiple
 
@@ -194,14 +195,29 @@ class StableDiffusionFamily(Family):
                                   "model.path")
 
     @classmethod
+    def check_single_file(cls, path):
+        """The single-file layout of `path` (see `single_file`); ConfigError unless it is this family's."""
+        layout = single_file.detect_layout(path)
+        if layout.model_type != cls.model_type:
+            raise ConfigError(f"'{path}' is a {layout.model_type} checkpoint ({layout.name}), but model.type is "
+                              f"{cls.model_type}", "model.path")
+        return layout
+
+    @classmethod
     def load_pipeline(cls, folder):
+        """The pipeline of `model.path`: a diffusers folder, or a single-file checkpoint (SPEC §12)."""
         import diffusers
 
-        cls.check_folder(folder)
+        layout = cls.check_single_file(folder) if single_file.is_single_file(folder) else None
+        if layout is None:
+            cls.check_folder(folder)
         try:
             with _quiet_loading():
                 pipeline_class = getattr(diffusers, cls.PIPELINE_CLASS)
-                pipeline = pipeline_class.from_pretrained(folder, local_files_only=True, **cls.OPTIONAL_NONE)
+                if layout is not None:
+                    pipeline = single_file.load_pipeline(pipeline_class, folder, layout, **cls.OPTIONAL_NONE)
+                else:
+                    pipeline = pipeline_class.from_pretrained(folder, local_files_only=True, **cls.OPTIONAL_NONE)
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as error:
             raise ConfigError(f"cannot load the {cls.PIPELINE_CLASS} in '{folder}': {_first_line(error)}",
                               "model.path") from None
@@ -357,15 +373,23 @@ class StableDiffusionFamily(Family):
         save_file({name: value.contiguous() for name, value in self.trainable_state_dict().items()},
                   Path(folder) / paths.TRAINABLE_WEIGHTS_FILE)
 
+    def single_file_layout(self):
+        """The single-file layout of the model trained (its base model for LoRA metadata); see `single_file`."""
+        return single_file.layout_of_pipeline(self.pipeline, self.model_type, self.noise_scheduler.config.prediction_type)
+
     def save_final_model(self, folder: Path) -> None:
         folder = Path(folder)
         if self.method == "lora":
             trained = [("unet", self.pipeline.unet)]
             if self.train_text_encoders:
                 trained += self.text_encoders()
-            lora_files.save_lora(type(self.pipeline), folder, dict(trained), self.preset.lora)
+            lora_files.save_lora(type(self.pipeline), folder, dict(trained), self.preset.lora, self.single_file_layout(),
+                                 Path(self.preset.output.dir).resolve().name)
         else:
             self.pipeline.save_pretrained(folder, safe_serialization=True)
+            if self.preset.output.single_file:
+                single_file.save_pipeline(self.pipeline, folder / single_file.SINGLE_FILE_NAME, self.single_file_layout())
+            single_file.make_readable(folder)
 
     # --- sampling and precision ----------------------------------------------------------
 
