@@ -147,3 +147,131 @@ def kohya_metadata(lora, layout, output_name: str) -> dict[str, str]:
             "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": layout.modelspec_architecture + "/lora",
             "modelspec.implementation": "https://github.com/huggingface/diffusers",
             "modelspec.title": output_name or "lora"}
+
+
+# --- lora.init_weights: start from a LoRA file ------------------------------------------------------
+
+INIT_KEY = "lora.init_weights"
+_KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+
+
+def _tagged(state: dict) -> dict:
+    """Each key of `state` with a distinct scalar tag, to follow key renamings back to the key."""
+    return {key: torch.tensor([float(index)]) for index, key in enumerate(state)}
+
+
+def init_key_candidates(modules: dict) -> dict[str, tuple[str, str]]:
+    """{a key a LoRA file may hold: (component, peft key)}: our diffusers file's names, kohya's names as
+    we and diffusers write them (`lora_te_` for one text encoder), and kohya sd-scripts' SDXL names
+    (the original UNet's `input_blocks` names, `modules.families.single_file.unet_key`)."""
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+
+    from modules.families.single_file import unet_key
+
+    candidates = {}
+    single_text_encoder = "text_encoder_2" not in modules
+    for component, module in modules.items():
+        keys = list(peft_state_dict(module))
+        for converted, tag in convert_state_dict_to_diffusers(_tagged(dict.fromkeys(keys))).items():
+            candidates[f"{component}.{converted}"] = (component, keys[int(tag)])
+        prefixed = {(key if component == "unet" or key.startswith(CLIP_TEXT_PREFIX) else CLIP_TEXT_PREFIX + key): key
+                    for key in keys}
+        tagged = {f"{component}.{key}": tag for key, tag in zip(prefixed, _tagged(dict.fromkeys(keys)).values())}
+        for converted, tag in convert_state_dict_to_kohya(tagged).items():
+            if converted.endswith(".alpha"):
+                continue
+            candidates[converted] = (component, keys[int(tag)])
+            if single_text_encoder and converted.startswith("lora_te1_"):
+                candidates["lora_te_" + converted[len("lora_te1_"):]] = (component, keys[int(tag)])
+        if component == "unet":
+            for key in keys:
+                module_name, _, suffix = key.partition(".lora_")
+                original = unet_key(module_name + ".weight", module.config).removesuffix(".weight")
+                kind = "lora_down" if suffix.startswith("A") else "lora_up"
+                candidates[f"lora_unet_{original.replace('.', '_')}.{kind}.weight"] = (component, key)
+    return candidates
+
+
+def read_init_file(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ConfigError(f"'{path}' is not a .safetensors LoRA file", INIT_KEY)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
+    except (OSError, SafetensorError) as error:
+        raise ConfigError(f"cannot read '{path}': {str(error).splitlines()[0]}", INIT_KEY) from None
+
+
+def _file_alpha(tensors: dict, metadata: dict, rank: int | None) -> set[float]:
+    """The alphas a LoRA file records: kohya's `.alpha` tensors, else our diffusers file's adapter
+    metadata (`<component>.lora_alpha`), else the rank (diffusers' scale 1)."""
+    alphas = {round(float(value), 6) for key, value in tensors.items() if key.endswith(".alpha")}
+    if not alphas and "lora_adapter_metadata" in metadata:
+        import json
+
+        recorded = json.loads(metadata["lora_adapter_metadata"])
+        alphas = {float(value) for key, value in recorded.items() if key.endswith(".lora_alpha")}
+    return alphas or ({float(rank)} if rank else set())
+
+
+def _names(keys, count: int = 2) -> str:
+    modules = sorted({key.split(".lora")[0] for key in keys})
+    return f"{len(modules)} modules, e.g. {', '.join(modules[:count])}"
+
+
+def init_differences(found: dict, unknown: list, missing: list, alphas: set, own: dict, lora) -> list[str]:
+    """What differs between a LoRA file and the adapters the lora section makes, one phrase each."""
+    differences = []
+    ranks = sorted({value.shape[0] for (_, key), value in found.items() if ".lora_A." in key})
+    if ranks and ranks != [lora.rank]:
+        differences.append(f"rank {'/'.join(map(str, ranks))} in the file, lora.rank {lora.rank}")
+    if alphas and alphas != {lora.resolved_alpha}:
+        differences.append(f"alpha {'/'.join(f'{alpha:g}' for alpha in sorted(alphas))} in the file, "
+                           f"lora.alpha {lora.resolved_alpha:g}")
+    if unknown:
+        differences.append(f"the file adapts {_names(unknown)}, which lora.target_modules (and the trained text "
+                           "encoders, optimizer.text_encoder_lr) do not")
+    if missing:
+        differences.append(f"lora.target_modules adapts {_names(key for _, key in missing)}, which the file does not")
+    shapes = [key for (component, key), value in found.items() if value.shape != own[component][key].shape]
+    if shapes and (not ranks or ranks == [lora.rank]):
+        differences.append(f"{_names(shapes)} have other shapes in the file (another base model?)")
+    return differences
+
+
+def load_init_weights(modules: dict, lora) -> None:
+    """The adapters of `modules` ({component: module with adapters}) set from lora.init_weights (ours or
+    kohya's file); ConfigError (lora.init_weights) listing every difference from the lora section."""
+    tensors, metadata = read_init_file(lora.init_weights)
+    candidates = init_key_candidates(modules)
+    own = {component: peft_state_dict(module) for component, module in modules.items()}
+    found, unknown = {}, []
+    for key, value in tensors.items():
+        if key.endswith(".alpha"):
+            continue
+        if key in candidates:
+            found[candidates[key]] = value
+        else:
+            unknown.append(key)
+    missing = [(component, key) for component, state in own.items() for key in state if (component, key) not in found]
+    ranks = [value.shape[0] for (_, key), value in found.items() if ".lora_A." in key]
+    differences = init_differences(found, unknown, missing, _file_alpha(tensors, metadata, ranks[0] if ranks else None),
+                                   own, lora)
+    if differences:
+        raise ConfigError(f"'{lora.init_weights}' does not match the lora section: {'; '.join(differences)}", INIT_KEY)
+    for component, module in modules.items():
+        parameters = {_peft_key(name): parameter for name, parameter in module.named_parameters() if ".lora_" in name}
+        with torch.no_grad():
+            for (owner, key), value in found.items():
+                if owner == component:
+                    parameters[key].copy_(value.to(parameters[key].dtype))
+
+
+def _peft_key(parameter_name: str) -> str:
+    """`x.lora_A.<adapter>.weight` -> `x.lora_A.weight` (the names of get_peft_model_state_dict)."""
+    parts = parameter_name.split(".")
+    index = next(position for position, part in enumerate(parts) if part in ("lora_A", "lora_B"))
+    return ".".join(parts[:index + 1] + parts[index + 2:])

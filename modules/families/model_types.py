@@ -99,3 +99,31 @@ def text_encoder_groups(preset, model_type: str | None = None) -> tuple[str, ...
     model_type = model_type or resolve_model_type(preset.model)
     check_unet_options(preset, model_type)
     return descriptor(model_type).text_encoder_groups if preset.optimizer.text_encoder_lr is not None else ()
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> SHA-256, so a preview hashes a file once
+
+
+def lora_init_identity(preset) -> dict | None:
+    """{"path", "sha256"} of `lora.init_weights` for the plan identity (SPEC §12), None when unset;
+    ConfigError (lora.init_weights) when the file is missing or not a .safetensors file."""
+    import hashlib
+
+    init = preset.lora.init_weights
+    if not init or preset.training.method != "lora":
+        return None
+    path = Path(init)
+    if path.suffix.lower() != ".safetensors":
+        raise ConfigError(f"'{path}' is not a .safetensors LoRA file (a .ckpt / .pt is a pickle: convert it to "
+                          "safetensors)", "lora.init_weights")
+    if not path.is_file():
+        raise ConfigError(f"LoRA file '{path}' does not exist", "lora.init_weights")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return {"path": key[0], "sha256": _HASHES[key]}

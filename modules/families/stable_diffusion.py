@@ -259,6 +259,8 @@ class StableDiffusionFamily(Family):
                         lora_files.add_text_encoder_adapter(encoder, lora)
             finally:
                 torch.random.set_rng_state(state)
+            if lora.init_weights:
+                lora_files.load_init_weights(dict(self.lora_modules()), lora)
         pipeline.unet.train()
 
     # --- the loss -----------------------------------------------------------------
@@ -373,6 +375,10 @@ class StableDiffusionFamily(Family):
         save_file({name: value.contiguous() for name, value in self.trainable_state_dict().items()},
                   Path(folder) / paths.TRAINABLE_WEIGHTS_FILE)
 
+    def lora_modules(self) -> list[tuple[str, torch.nn.Module]]:
+        """The modules that carry LoRA adapters: the UNet, and the text encoders where they train."""
+        return [("unet", self.pipeline.unet)] + (self.text_encoders() if self.train_text_encoders else [])
+
     def single_file_layout(self):
         """The single-file layout of the model trained (its base model for LoRA metadata); see `single_file`."""
         return single_file.layout_of_pipeline(self.pipeline, self.model_type, self.noise_scheduler.config.prediction_type)
@@ -380,10 +386,8 @@ class StableDiffusionFamily(Family):
     def save_final_model(self, folder: Path) -> None:
         folder = Path(folder)
         if self.method == "lora":
-            trained = [("unet", self.pipeline.unet)]
-            if self.train_text_encoders:
-                trained += self.text_encoders()
-            lora_files.save_lora(type(self.pipeline), folder, dict(trained), self.preset.lora, self.single_file_layout(),
+            lora_files.save_lora(type(self.pipeline), folder, dict(self.lora_modules()), self.preset.lora,
+                                 self.single_file_layout(),
                                  Path(self.preset.output.dir).resolve().name)
         else:
             self.pipeline.save_pretrained(folder, safe_serialization=True)

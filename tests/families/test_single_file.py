@@ -282,3 +282,88 @@ def test_shipped_configs_load_a_real_size_layout(tmp_path):
     tokenizer = single_file.clip_tokenizer("<|endoftext|>")
     assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
     assert diffusers.StableDiffusionPipeline.load_config(folder)["_class_name"] == "StableDiffusionPipeline"
+
+
+# --- training from a single file, and what it writes --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def captioned(tmp_path_factory):
+    from tests.conftest import make_images
+
+    folder = make_images(tmp_path_factory.mktemp("captioned") / "images", 2, size=16)
+    for index, image in enumerate(sorted(folder.glob("*.png"))):
+        image.with_suffix(".txt").write_text(f"a photo of the thing {index}", encoding="utf-8")
+    return folder
+
+
+def run(tmp_path, model_path, images, method, **sections):
+    from modules.training import train
+
+    raw = {"model": {"path": str(model_path), "resolution": 16}, "data": {"path": str(images)},
+           "training": {"epochs": 1, "batch_size": 2, "device": "cpu", "seed": 3, "method": method},
+           "optimizer": {"type": "adamw", "lr": 1e-2, "text_encoder_lr": 1e-2},
+           "scheduler": {"type": "constant"}, "output": {"dir": str(tmp_path / "out"), "checkpoint_every": None}}
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    train(validate_preset(raw), progress_bar=False, log=lambda message: None)
+    return tmp_path / "out" / "model"
+
+
+def a1111_sd_version(metadata: dict) -> str:
+    """A1111's Lora tab (extensions-builtin/Lora/network.py, NetworkOnDisk.detect_version)."""
+    if str(metadata.get("ss_base_model_version", "")).startswith("sdxl_"):
+        return "SDXL"
+    if str(metadata.get("ss_v2", "")) == "True":
+        return "SD2"
+    return "SD1" if metadata else "Unknown"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sd_v1", "sdxl_base"])
+def test_a_full_fine_tune_of_a_single_file_writes_a_single_file_that_loads_back_exactly(
+        tmp_path, tiny_files, tiny_configs, captioned, name):
+    import diffusers
+
+    kind = LAYOUT_TYPES[name]
+    model = run(tmp_path, tiny_files[name], captioned, "full")
+    trained = weights(load_folder(kind, model), kind)
+    before = weights(load_folder(kind, tiny_configs[name]), kind)
+    assert not torch.equal(trained["unet.conv_in.weight"], before["unet.conv_in.weight"])  # it trained
+    path = model / single_file.SINGLE_FILE_NAME
+    assert single_file.detect_layout(path).name == name
+    loaded = single_file.load_pipeline(getattr(diffusers, PIPELINE_CLASSES[kind]), path, single_file.LAYOUTS[name],
+                                       **OPTIONAL_NONE[kind])
+    assert_same_weights(trained, weights(loaded, kind))
+    assert all(oct(file.stat().st_mode & 0o777) == "0o644" for file in model.rglob("*") if file.is_file())
+
+
+@pytest.mark.slow
+def test_output_single_file_false_writes_only_the_diffusers_folder(tmp_path, tiny_folders, captioned):
+    model = run(tmp_path, tiny_folders["sd_v1"], captioned, "full", output={"single_file": False})
+    assert (model / "model_index.json").is_file() and not (model / single_file.SINGLE_FILE_NAME).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, save_dtype", [("sd_v1", "fp16"), ("sd_v2_768_v", "fp32"), ("sdxl_base", "bf16")])
+def test_a_lora_of_a_single_file_has_kohya_metadata_for_its_base_model_and_save_dtype(
+        tmp_path, tiny_files, tiny_configs, captioned, name, save_dtype):
+    model = run(tmp_path, tiny_files[name], captioned, "lora", lora={"rank": 4, "alpha": 2, "save_dtype": save_dtype})
+    layout = single_file.LAYOUTS[name]
+    with safe_open(str(model / "lora_kohya.safetensors"), framework="pt") as kohya:
+        metadata = kohya.metadata()
+        tensors = {key: kohya.get_tensor(key) for key in kohya.keys()}
+    assert metadata["ss_network_module"] == "networks.lora" and metadata["ss_network_dim"] == "4"
+    assert float(metadata["ss_network_alpha"]) == 2.0
+    assert metadata["ss_base_model_version"] == layout.base_model_version
+    assert metadata["ss_v2"] == str(name.startswith("sd_v2")) and metadata["ss_output_name"] == "out"
+    assert metadata["modelspec.architecture"] == {"sd_v1": "stable-diffusion-v1/lora",
+                                                  "sd_v2_768_v": "stable-diffusion-v2-768-v/lora",
+                                                  "sdxl_base": "stable-diffusion-xl-v1-base/lora"}[name]
+    assert metadata["modelspec.sai_model_spec"] == "1.0.0"
+    assert a1111_sd_version(metadata) == {"sd_v1": "SD1", "sd_v2_768_v": "SD2", "sdxl_base": "SDXL"}[name]
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[save_dtype]
+    assert {value.dtype for value in tensors.values()} == {dtype}
+    assert all(float(value) == 2.0 for key, value in tensors.items() if key.endswith(".alpha"))
+    assert {value.dtype for value in load_file(model / "pytorch_lora_weights.safetensors").values()} == {dtype}
+    for file in ("lora_kohya.safetensors", "pytorch_lora_weights.safetensors"):
+        assert (model / file).stat().st_mode & 0o777 == 0o644
