@@ -314,7 +314,7 @@ def clip_state_dict(state: dict, prefix: str) -> dict:
 
 
 def original_state_dict(pipeline, layout: Layout) -> dict:
-    """Every weight of `pipeline` (UNet, VAE, text encoders) under its original single-file name, on the CPU."""
+    """Every weight of `pipeline` (UNet, VAE, text encoders) under its original single-file name (where it is)."""
     unet, vae = pipeline.unet, pipeline.vae
     result = {UNET_PREFIX + unet_key(key, unet.config): value for key, value in unet.state_dict().items()}
     for key, value in vae.state_dict().items():
@@ -324,7 +324,7 @@ def original_state_dict(pipeline, layout: Layout) -> dict:
     for component, prefix, kind in layout.text_prefixes:
         state = getattr(pipeline, component).state_dict()
         result.update(clip_state_dict(state, prefix) if kind == "clip" else open_clip_state_dict(state, prefix))
-    return {key: value.detach().cpu().contiguous() for key, value in result.items()}
+    return result
 
 
 def save_pipeline(pipeline, path, layout: Layout) -> None:
@@ -335,7 +335,8 @@ def save_pipeline(pipeline, path, layout: Layout) -> None:
                 "modelspec.implementation": "https://github.com/Stability-AI/generative-models"
                 if layout.model_type == "stable_diffusion_xl" else "https://github.com/Stability-AI/stablediffusion",
                 "modelspec.prediction_type": "v" if layout.prediction_type == "v_prediction" else "epsilon"}
-    save_file(original_state_dict(pipeline, layout), str(path), metadata=metadata)
+    tensors = {key: value.detach().cpu().contiguous() for key, value in original_state_dict(pipeline, layout).items()}
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def layout_of_pipeline(pipeline, model_type: str, prediction_type: str = "epsilon") -> Layout:

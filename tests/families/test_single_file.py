@@ -367,3 +367,50 @@ def test_a_lora_of_a_single_file_has_kohya_metadata_for_its_base_model_and_save_
     assert {value.dtype for value in load_file(model / "pytorch_lora_weights.safetensors").values()} == {dtype}
     for file in ("lora_kohya.safetensors", "pytorch_lora_weights.safetensors"):
         assert (model / file).stat().st_mode & 0o777 == 0o644
+
+
+# Tensors of the real checkpoints (SD 1.5 pruned, SD 2.1, SDXL base 1.0), without the few that diffusers does not
+# load (CLIP's position_ids, OpenCLIP's logit_scale, SD 2.x's last text layer and text projection).
+REAL_TENSOR_COUNTS = {"sd_v1": {"unet": 686, "vae": 248, "text_encoder": 196},
+                      "sd_v2": {"unet": 686, "vae": 248, "text_encoder": 280},
+                      "sd_v2_768_v": {"unet": 686, "vae": 248, "text_encoder": 280},
+                      "sdxl_base": {"unet": 1680, "vae": 248, "text_encoder": 196, "text_encoder_2": 389}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(LAYOUT_TYPES))
+def test_at_real_size_the_shipped_configs_and_our_names_map_back_through_diffusers_converters(name):
+    """The real-size models of the shipped configs (meta weights): our original names for every tensor
+    are as many as the real checkpoints hold, and diffusers' own single-file converters map each back
+    to the tensor it came from."""
+    import diffusers
+    import transformers
+    from accelerate import init_empty_weights
+    from diffusers.loaders import single_file_utils as converters
+
+    layout, folder = single_file.LAYOUTS[name], single_file.CONFIG_ROOT / name
+    with init_empty_weights():
+        pipeline = {"unet": diffusers.UNet2DConditionModel.from_config(
+                        diffusers.UNet2DConditionModel.load_config(folder / "unet")),
+                    "vae": diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(folder / "vae"))}
+        for component, _, _ in layout.text_prefixes:
+            config = transformers.CLIPTextConfig.from_pretrained(folder / component)
+            model_class = getattr(transformers, config.architectures[0])
+            pipeline[component] = model_class(config)
+    original = single_file.original_state_dict(type("Pipeline", (), pipeline), layout)
+    counts = {component: sum(1 for key in original if key.startswith(prefix)) for component, prefix in
+              [("unet", single_file.UNET_PREFIX), ("vae", single_file.VAE_PREFIX)]
+              + [(component, prefix) for component, prefix, _ in layout.text_prefixes]}
+    assert counts == REAL_TENSOR_COUNTS[name]
+    back = {"unet": converters.convert_ldm_unet_checkpoint(original, pipeline["unet"].config),
+            "vae": converters.convert_ldm_vae_checkpoint(original, pipeline["vae"].config)}
+    for component, prefix, kind in layout.text_prefixes:
+        back[component] = (converters.convert_ldm_clip_checkpoint(original) if kind == "clip" and component ==
+                           "text_encoder" else converters.convert_open_clip_checkpoint(pipeline[component], original,
+                                                                                      prefix=prefix))
+    for component, converted in back.items():
+        own = pipeline[component].state_dict()
+        converted = {key.removeprefix("text_model.") if "text_model.embeddings.token_embedding.weight" not in own
+                     else key: value for key, value in converted.items()}
+        assert set(converted) == set(own), component
+        assert all(converted[key].shape == own[key].shape for key in own), component
