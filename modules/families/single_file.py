@@ -210,7 +210,12 @@ def load_pipeline(pipeline_class, path, layout: Layout, **components):
     for name, pad_token in layout.tokenizer_pads:
         if not (folder / name).is_dir():
             components[name] = clip_tokenizer(pad_token)
-    return pipeline_class.from_single_file(str(path), config=str(folder), local_files_only=True, **components)
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    try:
+        return pipeline_class.from_single_file(str(path), config=str(folder), local_files_only=True, **components)
+    except SingleFileComponentError as error:  # not an OSError / ValueError: the caller's one-line error needs one
+        raise ValueError(str(error)) from None
 
 
 # --- saving: diffusers names -> the original names -------------------------------------------------

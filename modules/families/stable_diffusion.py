@@ -4,7 +4,10 @@
   model_index.json names `PIPELINE_CLASS` and lists every component of
   `REQUIRED_COMPONENTS`, each in its own folder (otherwise a one-line
   ConfigError naming what is missing); loaded with
-  `from_pretrained(local_files_only=True)`. The folder's noise scheduler
+  `from_pretrained(local_files_only=True)`. Or `model.path` is a single-file
+  checkpoint (`.safetensors`, A1111 / ComfyUI layout) of this family, loaded
+  with `from_single_file` and the shipped configs (`modules.families.single_file`).
+  The folder's noise scheduler
   config is used as a DDPMScheduler for training (prediction type from it,
   or `model.prediction_type`).
 - Captions: they come with the micro-batch (`MicroBatch.captions`, read by
@@ -26,7 +29,10 @@
 - Final model (`output.dir/model`): lora -> `pytorch_lora_weights.safetensors`
   (diffusers format with the adapter metadata, so `load_lora_weights` applies
   alpha) and `lora_kohya.safetensors` (see `modules.families.lora`);
-  full -> the whole pipeline folder with the trained components replaced.
+  full -> the whole pipeline folder with the trained components replaced, and
+  (unless `output.single_file` is false) `model.safetensors`, the same weights in
+  the original single-file layout. Every file is written readable by others (0644).
+  LoRA with `lora.init_weights`: the adapters start from that file (`lora.load_init_weights`).
 - Samples: one image per `output.sample_prompts` entry, fixed seed, the
   folder's own inference scheduler.
 - Mixed precision (CUDA): frozen UNet / text encoders in the autocast dtype,

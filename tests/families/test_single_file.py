@@ -414,3 +414,12 @@ def test_at_real_size_the_shipped_configs_and_our_names_map_back_through_diffuse
                      else key: value for key, value in converted.items()}
         assert set(converted) == set(own), component
         assert all(converted[key].shape == own[key].shape for key in own), component
+
+
+def test_a_single_file_of_another_family_than_model_type_is_refused(tmp_path):
+    from modules.families.stable_diffusion import StableDiffusionFamily
+
+    path = keys_file(tmp_path / "model.safetensors", COMMON + LAYOUT_KEYS["sdxl_base"])
+    with pytest.raises(ConfigError, match="is a stable_diffusion_xl checkpoint .sdxl_base., but model.type is "
+                                          "stable_diffusion"):
+        StableDiffusionFamily.load_pipeline(str(path))
