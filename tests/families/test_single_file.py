@@ -423,3 +423,13 @@ def test_a_single_file_of_another_family_than_model_type_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="is a stable_diffusion_xl checkpoint .sdxl_base., but model.type is "
                                           "stable_diffusion"):
         StableDiffusionFamily.load_pipeline(str(path))
+
+
+@pytest.mark.parametrize("raw, key", [({"training": {"method": "lora"}, "lora": {"save_dtype": "fp8"}}, "lora.save_dtype"),
+                                      ({"output": {"single_file": "yes"}}, "output.single_file"),
+                                      ({"training": {"method": "full"}, "lora": {"init_weights": "a.safetensors"}},
+                                       "lora.init_weights")])
+def test_bad_values_of_the_new_keys_are_one_line_errors(raw, key):
+    with pytest.raises(ConfigError) as error:
+        validate_preset(raw)
+    assert error.value.key == key and "\n" not in str(error.value)
