@@ -433,3 +433,13 @@ def test_bad_values_of_the_new_keys_are_one_line_errors(raw, key):
     with pytest.raises(ConfigError) as error:
         validate_preset(raw)
     assert error.value.key == key and "\n" not in str(error.value)
+
+
+def test_the_preview_of_an_sdxl_single_file_lists_both_text_encoder_groups(tmp_path):
+    model = keys_file(tmp_path / "model.safetensors", COMMON + LAYOUT_KEYS["sdxl_base"])
+    preset = cli_preset(tmp_path, model)
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "preview.py"), str(preset), "--set",
+                             "optimizer.text_encoder_lr=0.00001", "--set", "training.epochs=1"], capture_output=True,
+                            text=True, cwd=ROOT, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "lr/text_encoder_2" in result.stdout
