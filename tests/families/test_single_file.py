@@ -443,3 +443,13 @@ def test_the_preview_of_an_sdxl_single_file_lists_both_text_encoder_groups(tmp_p
                             text=True, cwd=ROOT, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     assert "lr/text_encoder_2" in result.stdout
+
+
+@pytest.mark.parametrize("name, version", [("stable_diffusion", "sd_v1"), ("stable_diffusion_xl", "sdxl_base_v1-0")])
+def test_a_lora_of_a_diffusers_folder_names_its_base_model_too(family_pipelines, tmp_path, name, version):
+    from tests.families.conftest import build, family_preset
+
+    family = build(family_preset(family_pipelines[name], name, "lora", lora={"rank": 4, "alpha": 8}))
+    family.save_final_model(tmp_path)
+    with safe_open(str(tmp_path / "lora_kohya.safetensors"), framework="pt") as kohya:
+        assert kohya.metadata()["ss_base_model_version"] == version
