@@ -226,6 +226,8 @@ class LoraSection(Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES), min_length=1)
     plus_ratio: float | None = Field(None, gt=0)  # LoRA+: each group's lora_B matrices at this times its LR
+    save_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"  # of both LoRA files
+    init_weights: str | None = None  # a LoRA file (ours or kohya's) to start from; must match this section
 
     @property
     def resolved_alpha(self) -> float:
@@ -357,6 +359,7 @@ class OutputSection(Section):
     keep_checkpoints: int = Field(3, ge=1)
     sample_every: OptionalDuration = None
     sample_prompts: list[str] = Field(default_factory=list)
+    single_file: bool = True  # full fine-tunes of SD / SDXL also write model/model.safetensors (original layout)
 
 
 class Preset(Section):

@@ -6,6 +6,9 @@ SPEC §7: `model.type` is `auto` or a family of `modules.families.registry`
 recognises it (`StableDiffusionPipeline` -> stable_diffusion,
 `StableDiffusionXLPipeline` -> stable_diffusion_xl, `DDPMPipeline` -> unet);
 no model_index.json (a bare UNet folder) and a built-in `model.config` are unet.
+A single-file checkpoint (`model.path` a `.safetensors` file, SPEC §12) is the
+family of its layout, read from the file's header (`modules.families.single_file`,
+no torch, no weights); a `.ckpt` is refused there.
 
 The text-encoder parameter groups are the family's (`text_encoder` for
 stable_diffusion; `text_encoder`, `text_encoder_2` for stable_diffusion_xl),
@@ -17,6 +20,7 @@ import json
 from pathlib import Path
 
 from modules.errors import ConfigError
+from modules.families.single_file import detect_layout, is_single_file
 from modules.families.registry import (DEFAULT_FAMILY, FAMILIES, descriptor, descriptor_of_index_class,
                                        known_index_classes)
 
@@ -61,6 +65,8 @@ def resolve_model_type(model_section) -> str:
     """`model.type`, with `auto` resolved from the folder (a built-in model.config is unet)."""
     if model_section.type != "auto":
         return model_section.type
+    if is_single_file(model_section.path):
+        return detect_layout(model_section.path, model_section.prediction_type).model_type
     if model_section.path and Path(model_section.path).is_dir():
         return folder_model_type(model_section.path)
     return DEFAULT_FAMILY
@@ -93,3 +99,31 @@ def text_encoder_groups(preset, model_type: str | None = None) -> tuple[str, ...
     model_type = model_type or resolve_model_type(preset.model)
     check_unet_options(preset, model_type)
     return descriptor(model_type).text_encoder_groups if preset.optimizer.text_encoder_lr is not None else ()
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> SHA-256, so a preview hashes a file once
+
+
+def lora_init_identity(preset) -> dict | None:
+    """{"path", "sha256"} of `lora.init_weights` for the plan identity (SPEC §12), None when unset;
+    ConfigError (lora.init_weights) when the file is missing or not a .safetensors file."""
+    import hashlib
+
+    init = preset.lora.init_weights
+    if not init or preset.training.method != "lora":
+        return None
+    path = Path(init)
+    if path.suffix.lower() != ".safetensors":
+        raise ConfigError(f"'{path}' is not a .safetensors LoRA file (a .ckpt / .pt is a pickle: convert it to "
+                          "safetensors)", "lora.init_weights")
+    if not path.is_file():
+        raise ConfigError(f"LoRA file '{path}' does not exist", "lora.init_weights")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return {"path": key[0], "sha256": _HASHES[key]}

@@ -4,7 +4,10 @@
   model_index.json names `PIPELINE_CLASS` and lists every component of
   `REQUIRED_COMPONENTS`, each in its own folder (otherwise a one-line
   ConfigError naming what is missing); loaded with
-  `from_pretrained(local_files_only=True)`. The folder's noise scheduler
+  `from_pretrained(local_files_only=True)`. Or `model.path` is a single-file
+  checkpoint (`.safetensors`, A1111 / ComfyUI layout) of this family, loaded
+  with `from_single_file` and the shipped configs (`modules.families.single_file`).
+  The folder's noise scheduler
   config is used as a DDPMScheduler for training (prediction type from it,
   or `model.prediction_type`).
 - Captions: they come with the micro-batch (`MicroBatch.captions`, read by
@@ -26,7 +29,10 @@
 - Final model (`output.dir/model`): lora -> `pytorch_lora_weights.safetensors`
   (diffusers format with the adapter metadata, so `load_lora_weights` applies
   alpha) and `lora_kohya.safetensors` (see `modules.families.lora`);
-  full -> the whole pipeline folder with the trained components replaced.
+  full -> the whole pipeline folder with the trained components replaced, and
+  (unless `output.single_file` is false) `model.safetensors`, the same weights in
+  the original single-file layout. Every file is written readable by others (0644).
+  LoRA with `lora.init_weights`: the adapters start from that file (`lora.load_init_weights`).
 - Samples: one image per `output.sample_prompts` entry, fixed seed, the
   folder's own inference scheduler.
 - Mixed precision (CUDA): frozen UNet / text encoders in the autocast dtype,
@@ -46,6 +52,7 @@ from modules.families.model_types import read_model_index
 from modules.training import checkpoints, paths
 from modules.families.base import Family
 from modules.families import lora as lora_files
+from modules.families import single_file
 from modules.families.losses import LossModule, Prediction, draw_noise
 from modules.families.unet_models import size_multiple
 
@@ -194,14 +201,29 @@ class StableDiffusionFamily(Family):
                                   "model.path")
 
     @classmethod
+    def check_single_file(cls, path):
+        """The single-file layout of `path` (see `single_file`); ConfigError unless it is this family's."""
+        layout = single_file.detect_layout(path)
+        if layout.model_type != cls.model_type:
+            raise ConfigError(f"'{path}' is a {layout.model_type} checkpoint ({layout.name}), but model.type is "
+                              f"{cls.model_type}", "model.path")
+        return layout
+
+    @classmethod
     def load_pipeline(cls, folder):
+        """The pipeline of `model.path`: a diffusers folder, or a single-file checkpoint (SPEC §12)."""
         import diffusers
 
-        cls.check_folder(folder)
+        layout = cls.check_single_file(folder) if single_file.is_single_file(folder) else None
+        if layout is None:
+            cls.check_folder(folder)
         try:
             with _quiet_loading():
                 pipeline_class = getattr(diffusers, cls.PIPELINE_CLASS)
-                pipeline = pipeline_class.from_pretrained(folder, local_files_only=True, **cls.OPTIONAL_NONE)
+                if layout is not None:
+                    pipeline = single_file.load_pipeline(pipeline_class, folder, layout, **cls.OPTIONAL_NONE)
+                else:
+                    pipeline = pipeline_class.from_pretrained(folder, local_files_only=True, **cls.OPTIONAL_NONE)
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as error:
             raise ConfigError(f"cannot load the {cls.PIPELINE_CLASS} in '{folder}': {_first_line(error)}",
                               "model.path") from None
@@ -243,6 +265,8 @@ class StableDiffusionFamily(Family):
                         lora_files.add_text_encoder_adapter(encoder, lora)
             finally:
                 torch.random.set_rng_state(state)
+            if lora.init_weights:
+                lora_files.load_init_weights(dict(self.lora_modules()), lora)
         pipeline.unet.train()
 
     # --- the loss -----------------------------------------------------------------
@@ -357,15 +381,25 @@ class StableDiffusionFamily(Family):
         save_file({name: value.contiguous() for name, value in self.trainable_state_dict().items()},
                   Path(folder) / paths.TRAINABLE_WEIGHTS_FILE)
 
+    def lora_modules(self) -> list[tuple[str, torch.nn.Module]]:
+        """The modules that carry LoRA adapters: the UNet, and the text encoders where they train."""
+        return [("unet", self.pipeline.unet)] + (self.text_encoders() if self.train_text_encoders else [])
+
+    def single_file_layout(self):
+        """The single-file layout of the model trained (its base model for LoRA metadata); see `single_file`."""
+        return single_file.layout_of_pipeline(self.pipeline, self.model_type, self.noise_scheduler.config.prediction_type)
+
     def save_final_model(self, folder: Path) -> None:
         folder = Path(folder)
         if self.method == "lora":
-            trained = [("unet", self.pipeline.unet)]
-            if self.train_text_encoders:
-                trained += self.text_encoders()
-            lora_files.save_lora(type(self.pipeline), folder, dict(trained), self.preset.lora)
+            lora_files.save_lora(type(self.pipeline), folder, dict(self.lora_modules()), self.preset.lora,
+                                 self.single_file_layout(),
+                                 Path(self.preset.output.dir).resolve().name)
         else:
             self.pipeline.save_pretrained(folder, safe_serialization=True)
+            if self.preset.output.single_file:
+                single_file.save_pipeline(self.pipeline, folder / single_file.SINGLE_FILE_NAME, self.single_file_layout())
+            single_file.make_readable(folder)
 
     # --- sampling and precision ----------------------------------------------------------
 

@@ -42,6 +42,8 @@ def plan_identity(plan) -> dict:
         **({"text_encoder_stop_steps": plan.text_encoder_stop_steps}
            if plan.text_encoder_stop_steps is not None else {}),
         "schedule": schedule_identity(plan.schedule),
+        # Only when set (SPEC §12), so plans without it keep the identity they always had.
+        **({"lora_init_weights": plan.lora_init_weights} if plan.lora_init_weights else {}),
     }
     return json.loads(json.dumps(fields))
 

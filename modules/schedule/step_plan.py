@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from modules.config.preset import DEFAULT_GROUP_NAME, Preset, lora_plus_ratio
 from modules.errors import ConfigError
 from modules.data.checks import check_dataset
-from modules.families.model_types import resolve_model_type, text_encoder_groups
+from modules.families.model_types import lora_init_identity, resolve_model_type, text_encoder_groups
 from modules.schedule.accounting import (  # noqa: F401 - re-exported: callers import them from here
     MAX_TOTAL_STEPS,
     IntervalSteps,
@@ -66,6 +66,7 @@ class StepPlan:
     lr_scale: float = 1.0  # every group's base LR is multiplied by this (optimizer.lr_scaling)
     lr_scale_note: str = ""  # how: "lr 1e-4 x sqrt(8) = 2.83e-4 (batch 2 x accumulation 4)"; "" when unscaled
     buckets: tuple[tuple[int, int, int], ...] = ()  # (width, height, images) of each used bucket; () without
+    lora_init_weights: dict | None = None  # {"path", "sha256"} of lora.init_weights (SPEC §12); None without
 
     # --- derived views ---------------------------------------------------------
 
@@ -166,6 +167,7 @@ def _plan_extras(preset: Preset, counts: StepCounts) -> dict:
                                     else counts.to_steps(stop_after, "optimizer.text_encoder_stop_after")),
         "lr_scale": lr_scale,
         "lr_scale_note": lr_scale_note,
+        "lora_init_weights": lora_init_identity(preset),
     }
 
 
