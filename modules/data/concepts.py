@@ -191,6 +191,8 @@ def count_only(data, num_images: int | None, sizes: list[tuple[int, int]] | None
     """The one concept of `data.path` with a count (and sizes) measured elsewhere (the app's counter),
     without listing; None where that does not describe the dataset (several concepts, a kohya folder)."""
     written = data.concept_list()
+    if data.buckets and sizes is None:
+        return None  # buckets need every image's size: the folder is listed
     if not written and not data.concepts:  # counted without a folder (the gallery, the benchmarks)
         written = [ConceptSection(path=".", name="data", repeats=data.repeats).inherit(data)]
     elif len(written) != 1 or data.concepts:
