@@ -24,6 +24,7 @@ an entry of scheduler.steps.
 
 import difflib
 import json
+import os
 import re
 import types
 from pathlib import Path
@@ -161,14 +162,72 @@ class ModelSection(Section):
         return self.config or ("tiny" if not self.path else "")
 
 
+ConceptType = Literal["train", "regularization", "validation"]
+DataLayout = Literal["auto", "flat"]
+CONCEPT_TYPES: tuple[str, ...] = get_args(ConceptType)
+DATA_LAYOUTS: tuple[str, ...] = get_args(DataLayout)
+# The concept keys that default to the data.* key of the same name (SPEC §10).
+INHERITED_CONCEPT_KEYS = ("caption_extension", "default_caption", "caption_dropout", "flip", "shuffle_tags",
+                          "keep_tags", "tag_separator", "tag_dropout")
+
+
+class ConceptSection(Section):
+    """One folder of images ("concept", SPEC §10). A key left null takes the `data.*` value of the same
+    name (`inherit`); `repeats` and `samples` are exclusive (neither: repeats 1)."""
+
+    name: str | None = Field(None, min_length=1)  # default: the folder's name
+    path: str = Field(min_length=1)
+    type: ConceptType = "train"
+    repeats: float | None = Field(None, ge=0)     # samples per epoch floor(N * repeats)
+    samples: int | None = Field(None, ge=1)       # exactly this many per epoch, cycling a seeded order
+    loss_weight: float = Field(1.0, ge=0)
+    caption_extension: str | None = Field(None, min_length=1)
+    default_caption: str | None = None
+    caption_dropout: float | None = Field(None, ge=0, le=1)
+    flip: bool | None = None
+    shuffle_tags: bool | None = None
+    keep_tags: int | None = Field(None, ge=0)
+    tag_separator: str | None = Field(None, min_length=1)
+    tag_dropout: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _repeats_or_samples(self):
+        if self.repeats is not None and self.samples is not None:
+            raise ConfigError("set repeats or samples, not both", "samples")
+        if self.name is None and not concept_folder_name(self.path):
+            raise ConfigError(f"the folder '{self.path}' has no name to name the concept after: set name", "name")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        """`name`, or the folder's name."""
+        return self.name or concept_folder_name(self.path)
+
+    def inherit(self, data: "DataSection") -> "ConceptSection":
+        """A copy with every null inherited key (INHERITED_CONCEPT_KEYS) set from `data`, and name set."""
+        update = {key: getattr(data, key) for key in INHERITED_CONCEPT_KEYS if getattr(self, key) is None}
+        return self.model_copy(update={**update, "name": self.display_name})
+
+
+def concept_folder_name(path: str) -> str:
+    """The name of the folder `path` names ('train/10_cat/' -> '10_cat'; '.' -> the working folder's)."""
+    return Path(path).name or Path(os.path.abspath(path)).name
+
+
 class DataSection(Section):
     path: str | None = None
+    concepts: list[ConceptSection] = Field(default_factory=list)
+    layout: DataLayout = "auto"  # auto: N_name subfolders are concepts with repeats N (kohya); flat: off
     repeats: int = Field(1, ge=1)
     drop_last: bool = False
     flip: bool = False
     caption_extension: str = Field(".txt", min_length=1)
     default_caption: str | None = None
     caption_dropout: float = Field(0.0, ge=0, le=1)
+    shuffle_tags: bool = False
+    keep_tags: int = Field(0, ge=0)
+    tag_separator: str = Field(",", min_length=1)
+    tag_dropout: float = Field(0.0, ge=0, le=1)
     buckets: bool = False
     bucket_step: int = Field(64, ge=8)
     bucket_max_aspect: float = Field(2.0, ge=1, le=8)
@@ -181,7 +240,46 @@ class DataSection(Section):
     def _bucket_step(self):
         if self.bucket_step % 8:
             raise ConfigError(f"must be a multiple of 8, got {self.bucket_step}", "data.bucket_step")
+        _check_concepts(self)
         return self
+
+    def concept_list(self) -> list[ConceptSection]:
+        """The concepts as written, inherited keys filled (`ConceptSection.inherit`); `data.path` alone is
+        one train concept with `data.repeats`; [] when neither is set. Kohya folders are not expanded
+        here (that needs the file system: `modules.data.concepts`)."""
+        if self.concepts:
+            return [concept.inherit(self) for concept in self.concepts]
+        if self.path:
+            return [ConceptSection(path=self.path, repeats=self.repeats,
+                                   name=concept_folder_name(self.path) or "data").inherit(self)]
+        return []
+
+
+def _check_concepts(data: DataSection) -> None:
+    """data.path and data.concepts both set, duplicate names, a text-embedding cache with tag shuffling."""
+    if data.path and data.concepts:
+        raise ConfigError("set either data.path or data.concepts, not both (data.path alone is one train "
+                          "concept: move it into data.concepts)", "data.concepts")
+    seen: dict[str, int] = {}
+    for index, concept in enumerate(data.concepts):
+        name = concept.display_name
+        if name in seen:
+            raise ConfigError(f"two concepts are named {name!r} (concepts {seen[name]} and {index}): give one a "
+                              "distinct name", f"data.concepts.{index}.name")
+        seen[name] = index
+    for index, concept in enumerate(data.concepts):
+        if concept.caption_dropout is not None and concept.caption_dropout < data.caption_dropout:
+            raise ConfigError(f"{concept.caption_dropout:g} is below data.caption_dropout "
+                              f"{data.caption_dropout:g}, which the model applies to every caption (lower "
+                              "data.caption_dropout and set each concept's own)", f"data.concepts.{index}.caption_dropout")
+    if data.cache_text_embeddings:
+        for index, concept in enumerate(data.concept_list()):
+            for key in ("shuffle_tags", "tag_dropout"):
+                if getattr(concept, key):
+                    where = f"data.concepts.{index}.{key}" if data.concepts else f"data.{key}"
+                    raise ConfigError("cannot be used with data.cache_text_embeddings: the cache holds one "
+                                      "embedding per caption, and shuffled or dropped tags make new captions "
+                                      "(turn one of them off)", where)
 
 
 class TrainingSection(Section):
@@ -540,7 +638,9 @@ def suggested_keys(loc: tuple) -> list[str]:
 
 
 def _error_line(error: ValidationError) -> ConfigError:
-    first = error.errors()[0]
+    errors = error.errors()
+    # A misspelt key is the cause of the "field required" next to it: name the misspelling.
+    first = next((item for item in errors if item["type"] == "extra_forbidden"), errors[0])
     loc = tuple(first["loc"])
     key = ".".join(str(part) for part in loc)
     kind = first["type"]
