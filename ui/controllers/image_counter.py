@@ -62,6 +62,11 @@ class ImageCounter:
         """The (width, height) of every image of `folder`, its error, or None while they are read."""
         return self._lookup(folder, SIZES)
 
+    def cached(self, folder: str, kind: str = COUNT) -> Result | None:
+        """The known result for `folder`, without starting a count (None when it is not known)."""
+        with self._lock:
+            return self._results.get(_folder_key(folder, kind))
+
     def _lookup(self, folder: str, kind: str) -> Result | None:
         key = _folder_key(folder, kind)
         with self._lock:

@@ -1,0 +1,141 @@
+"""The concepts panel (SPEC §10): list editing of data.concepts in the draft, each concept's image and
+caption counts, the preview's concept lines; and the real panel under Xvfb with 20 concepts."""
+
+from pathlib import Path
+
+import pytest
+from conftest import make_images
+
+from modules.config.preset import validate_preset
+from ui.controllers.image_counter import CaptionCounter, ImageCounter
+from ui.controllers.preset_draft import PresetDraft, concept_error_target
+
+
+def make_draft(raw_data: dict, synchronous: bool = True) -> PresetDraft:
+    raw = {
+        "version": 1,
+        "data": raw_data,
+        "training": {"epochs": 2, "batch_size": 1},
+        "optimizer": {"lr": 1e-3},
+        "scheduler": {"type": "cosine", "warmup": 2},
+    }
+    return PresetDraft(raw, ImageCounter(synchronous=synchronous), CaptionCounter(synchronous=synchronous))
+
+
+def captioned(folder: Path, count: int, captions: int, seed: int = 0) -> Path:
+    make_images(folder, count, seed=seed)
+    for index in range(captions):
+        (folder / f"image_{index:04d}.txt").write_text(f"tag{index}, photo, cat")
+    return folder
+
+
+@pytest.fixture
+def three_folders(tmp_path):
+    return (captioned(tmp_path / "cat", 6, 6), captioned(tmp_path / "style", 5, 3, seed=1),
+            captioned(tmp_path / "person", 4, 0, seed=2))
+
+
+def test_adding_a_folder_turns_data_path_into_the_first_concept(three_folders):
+    cat, style, _ = three_folders
+    draft = make_draft({"path": str(cat), "repeats": 3})
+    assert draft.add_concept(str(style)) == 1
+    assert "path" not in draft.raw["data"] and "repeats" not in draft.raw["data"]
+    assert draft.concepts() == [{"name": "cat", "path": str(cat), "repeats": 3},
+                                {"name": "style", "path": str(style)}]
+    validate_preset(draft.raw)  # both set would be an error
+    assert draft.modified
+
+
+def test_added_concepts_get_unique_names(tmp_path):
+    draft = make_draft({})
+    for parent in ("a", "b", "c"):
+        draft.add_concept(str(tmp_path / parent / "img"))
+    assert [concept["name"] for concept in draft.concepts()] == ["img", "img_2", "img_3"]
+
+
+def test_repeats_samples_and_loss_weight_are_edited_by_index(three_folders):
+    cat, style, person = three_folders
+    draft = make_draft({})
+    for folder in three_folders:
+        draft.add_concept(str(folder))
+    draft.set_concept_text(1, "amount", "1.5")
+    draft.set_concept_text(2, "type", "regularization")
+    draft.set_concept_text(2, "loss_weight", "0.5")
+    assert draft.concept_text(1, "amount") == "1.5" and draft.concept_amount_kind(1) == "repeats"
+    draft.counter.lookup(str(person))
+    draft.set_concept_text(2, "amount", "2")
+    draft.set_concept_text(2, "amount_kind", "samples")  # starts from what it gives now: 4 images x 2
+    assert draft.concepts()[2] == {"name": "person", "path": str(person), "type": "regularization",
+                                   "loss_weight": 0.5, "samples": 8}
+    assert draft.concept_texts(2)["amount"] == "8" and draft.concept_texts(2)["amount_kind"] == "samples"
+    draft.set_concept_text(2, "amount", "3")
+    preset = validate_preset(draft.raw)
+    assert [(c.repeats, c.samples) for c in preset.data.concepts] == [(None, None), (1.5, None), (None, 3)]
+    draft.set_concept_text(2, "amount_kind", "repeats")
+    assert "samples" not in draft.concepts()[2] and draft.concepts()[2]["repeats"] == 1
+
+
+def test_caption_options_inherit_data_until_a_concept_sets_its_own(three_folders):
+    draft = make_draft({"caption_extension": ".caption", "shuffle_tags": True})
+    draft.add_concept(str(three_folders[0]))
+    assert draft.concept_text(0, "caption_extension") == ".caption"
+    assert draft.concept_text(0, "shuffle_tags") is True
+    assert draft.concept_text(0, "keep_tags") == "0"
+    draft.set_concept_text(0, "keep_tags", "2")
+    draft.set_concept_text(0, "caption_extension", ".txt")
+    assert draft.concepts()[0]["keep_tags"] == 2 and draft.concepts()[0]["caption_extension"] == ".txt"
+    draft.set_concept_text(0, "name", "")  # empty: the folder's name again
+    assert "name" not in draft.concepts()[0] and draft.concept_text(0, "name") == "cat"
+
+
+def test_removing_the_last_concept_leaves_no_concepts_key(three_folders):
+    draft = make_draft({})
+    draft.add_concept(str(three_folders[0]))
+    draft.add_concept(str(three_folders[1]))
+    draft.remove_concept(0)
+    assert [concept["name"] for concept in draft.concepts()] == ["style"]
+    draft.remove_concept(0)
+    assert "concepts" not in draft.raw["data"]
+
+
+def test_each_concept_has_its_image_and_caption_counts(three_folders):
+    draft = make_draft({"default_caption": "a photo"})
+    for folder in three_folders:
+        draft.add_concept(str(folder))
+    counts = draft.wait_for_images().concept_counts
+    assert [(count.images, count.captions.with_caption) for count in counts] == [(6, 6), (5, 3), (4, 0)]
+    assert counts[1].describe() == "5 images, 3 captioned"
+
+
+def test_concept_counts_run_off_the_calling_thread_and_are_cached(three_folders):
+    draft = make_draft({}, synchronous=False)
+    for folder in three_folders:
+        draft.add_concept(str(folder))
+    state = draft.evaluate()
+    assert all(count.counting for count in state.concept_counts) and state.counting_captions
+    state = draft.wait_for_images()
+    assert not any(count.counting for count in state.concept_counts)
+    walks = draft.counter.walks
+    draft.set_concept_text(0, "amount", "2")
+    draft.evaluate()
+    assert draft.counter.walks == walks  # an edit never counts a folder again
+
+
+def test_a_missing_concept_folder_is_named_at_its_concept(three_folders, tmp_path):
+    draft = make_draft({})
+    draft.add_concept(str(three_folders[0]))
+    draft.add_concept(str(tmp_path / "nowhere"))
+    state = draft.wait_for_images()
+    assert state.error_key == "data.concepts.1.path"
+    assert concept_error_target(state.error_key) == (1, "path")
+    assert state.concept_counts[1].error and state.concept_counts[0].images == 6
+
+
+def test_a_bad_amount_is_marked_at_the_concepts_amount_entry(three_folders):
+    draft = make_draft({})
+    draft.add_concept(str(three_folders[0]))
+    draft.set_concept_text(0, "amount", "-1")
+    state = draft.evaluate()
+    assert state.error_key == "data.concepts.0.repeats"
+    assert concept_error_target(state.error_key) == (0, "amount")
+    assert concept_error_target("data.concepts") is None and concept_error_target("data.path") is None
