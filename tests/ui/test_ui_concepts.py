@@ -139,3 +139,54 @@ def test_a_bad_amount_is_marked_at_the_concepts_amount_entry(three_folders):
     assert state.error_key == "data.concepts.0.repeats"
     assert concept_error_target(state.error_key) == (0, "amount")
     assert concept_error_target("data.concepts") is None and concept_error_target("data.path") is None
+
+
+# --- the real panel under Xvfb -----------------------------------------------------------------------------
+
+@pytest.mark.gui
+@pytest.mark.slow
+def test_the_panel_with_20_concepts_edits_one_row_and_redraws_the_preview(display, tmp_path):
+    import customtkinter as ctk
+    from test_ui_window import pump, select_tab, settle, type_into
+
+    from ui.app import App
+
+    ctk.set_appearance_mode("light")
+    folders = [make_images(tmp_path / f"c{index:02d}", 2 + index % 3, seed=index) for index in range(20)]
+    raw = {"version": 1, "model": {"config": "tiny", "resolution": 16},
+           "data": {"concepts": [{"path": str(folder)} for folder in folders]},
+           "training": {"epochs": 2, "batch_size": 1, "device": "cpu"}, "optimizer": {"lr": 1e-3},
+           "scheduler": {"type": "cosine", "warmup": 2}, "output": {"dir": str(tmp_path / "out")}}
+    window = App(PresetDraft(raw))
+    try:
+        window.geometry("1280x800+0+0")
+        pump(window, lambda: window.preview_state is not None and window.preview_state.fresh
+             and not window.preview_state.counting_captions)
+        select_tab(window, "Data & model")
+        panel = window.settings.data_tab.concepts_panel
+        assert len(panel.rows) == 20 and panel.built == 20
+        assert panel.rows[19].counts.cget("text") == f"{2 + 19 % 3} images, 0 captioned"
+        assert not window.field_row("data.path").winfo_manager()  # with concepts, data.path is hidden
+        steps = window.preview_state.preview.plan.total_steps
+        type_into(panel.rows[7].inputs["amount"], "3")
+        pump(window, lambda: window.preview_state.fresh and window.preview_state.preview.plan.total_steps != steps)
+        assert panel.built == 20  # an edit builds no row
+        assert window.draft.concepts()[7]["repeats"] == 3
+        expected = sum((2 + index % 3) * (3 if index == 7 else 1) for index in range(20))
+        assert window.preview_state.preview.plan.samples_per_epoch == expected
+
+        type_into(panel.rows[3].inputs["amount"], "-1")
+        pump(window, lambda: window.preview_state.error_key == "data.concepts.3.repeats")
+        settle(window, 0.2)
+        assert panel.rows[3].message.winfo_manager() and "must be greater" in panel.rows[3].message.cget("text")
+        type_into(panel.rows[3].inputs["amount"], "1")
+        pump(window, lambda: window.preview_state.fresh)
+
+        window.settings.remove_concept(0)
+        settle(window, 0.2)
+        assert len(panel.rows) == 19 and panel.rows[0].variables["name"].get() == "c01"
+        window.settings.add_concept_folder(str(folders[0]))
+        pump(window, lambda: window.preview_state.fresh and len(window.preview_state.concept_counts) == 20)
+        assert panel.rows[19].variables["name"].get() == "c00" and panel.built == 21
+    finally:
+        window.destroy()

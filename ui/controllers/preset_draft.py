@@ -633,3 +633,25 @@ def scaled_lr_note(preview: Preview | None) -> str:
     if preview is None or not preview.plan.lr_scale_note:
         return ""
     return preview.plan.lr_scale_note.split(" (")[0].split(" ", 2)[2]
+
+
+def concept_lines(preview: Preview | None) -> list[str]:
+    """Under the preview, one line per concept of the plan: name, type, images, repeats or samples,
+    samples per epoch and its share of the epoch ("mychar  train  9 images x 10 = 90 samples/epoch (62%)");
+    [] for a plan of one concept from data.path (the summary says it all)."""
+    rows = getattr(preview.plan, "concepts", ()) if preview is not None else ()
+    if not rows or (len(rows) == 1 and rows[0].key == "data.path" and not rows[0].kohya_folder):
+        return []
+    trained = sum(row.samples_per_epoch for row in rows if row.type != "validation")
+    width = max(len(row.name) for row in rows)
+    lines = []
+    for row in rows:
+        images = f"{row.images} image{'s' * (row.images != 1)}"
+        if row.type == "validation":
+            lines.append(f"{row.name:<{width}}  validation  {images}, not trained")
+            continue
+        amount = f"{row.samples} samples" if row.samples is not None else f"x {row.repeats:g}"
+        share = f"{100 * row.samples_per_epoch / trained:.0f}%" if trained else "-"
+        lines.append(f"{row.name:<{width}}  {row.type}  {images} {amount} = {row.samples_per_epoch} "
+                     f"samples/epoch ({share})")
+    return lines

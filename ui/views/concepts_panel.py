@@ -21,6 +21,9 @@ ROW_ENTRIES = (("name", 120), ("amount", 56), ("loss_weight", 52))
 COLUMN_TITLES = (("name", 124), ("type", 124), ("per epoch", 148), ("loss w.", 56), ("images", 150))
 DETAIL_KEYS = ("path", *CONCEPT_CAPTION_KEYS)
 SMALL = 11
+DETAIL_NOTE = ("a caption option left as it is follows the Dataset field of the same name; shuffle tags splits the "
+               "caption on the separator and shuffles all but the first 'keep tags'; tag dropout drops each other "
+               "tag with that probability")
 
 
 class ConceptRow(ctk.CTkFrame):
@@ -90,15 +93,22 @@ class ConceptRow(ctk.CTkFrame):
         self.expander.configure(text="Captions ▾")
 
     def _build_detail(self) -> None:
+        """The folder on one line, the caption options two to a line (their hints in one note under them)."""
         self.detail = ctk.CTkFrame(self, fg_color="transparent")
-        self.detail.grid_columnconfigure(0, weight=1)
-        for row, key in enumerate(DETAIL_KEYS):
+        self.detail.grid_columnconfigure((0, 1), weight=1, uniform="detail")
+        for position, key in enumerate(DETAIL_KEYS):
             field_row = FieldRow(self.detail, CONCEPT_FIELDS[key], lambda k, v: self._edited(k, v),
                                  (lambda _key: self._on_browse(self.index)) if key == "path" else None)
-            field_row.grid(row=row, column=0, sticky="we", pady=1)
+            field_row.hint.grid_remove()
+            if key == "path":
+                field_row.grid(row=0, column=0, columnspan=2, sticky="we", pady=1)
+            else:
+                field_row.grid(row=1 + (position - 1) // 2, column=(position - 1) % 2, sticky="we", pady=1)
             self.detail_rows[key] = field_row
             if key in self._texts:
                 field_row.set_value(self._texts[key])
+        ctk.CTkLabel(self.detail, text=DETAIL_NOTE, anchor="w", justify="left", text_color=HINT_COLOR,
+                     font=ctk.CTkFont(size=SMALL), wraplength=640).grid(row=9, column=0, columnspan=2, sticky="w")
 
     def set_texts(self, texts: dict) -> None:
         """Show the concept's texts (from `PresetDraft.concept_text`) without reporting them as edits;

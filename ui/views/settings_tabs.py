@@ -37,8 +37,8 @@ class DataTab(ctk.CTkFrame):
 
     def __init__(self, master, on_edit, on_browse, on_recount: Callable[[], None], concept_callbacks):
         super().__init__(master, fg_color="transparent")
-        self.grid_columnconfigure(0, weight=3, uniform="columns")
-        self.grid_columnconfigure(1, weight=2, uniform="columns")
+        self.grid_columnconfigure(0, weight=2, uniform="columns")  # the concept rows need ~780 pixels
+        self.grid_columnconfigure(1, weight=1, uniform="columns")
         self.grid_rowconfigure((0, 1), weight=1)
         self.concepts_panel = ConceptsPanel(self, *concept_callbacks)
         self.concepts_panel.grid(row=0, column=0, sticky="nsew", padx=(0, 6), pady=(0, 6))
