@@ -264,6 +264,11 @@ def _check_concepts(data: DataSection) -> None:
             raise ConfigError(f"two concepts are named {name!r} (concepts {seen[name]} and {index}): give one a "
                               "distinct name", f"data.concepts.{index}.name")
         seen[name] = index
+    for index, concept in enumerate(data.concepts):
+        if concept.caption_dropout is not None and concept.caption_dropout < data.caption_dropout:
+            raise ConfigError(f"{concept.caption_dropout:g} is below data.caption_dropout "
+                              f"{data.caption_dropout:g}, which the model applies to every caption (lower "
+                              "data.caption_dropout and set each concept's own)", f"data.concepts.{index}.caption_dropout")
     if data.cache_text_embeddings:
         for index, concept in enumerate(data.concept_list()):
             for key in ("shuffle_tags", "tag_dropout"):

@@ -127,3 +127,40 @@ def _decoded(path: Path, data: bytes) -> str:
         return data.decode("utf-8").strip()
     except UnicodeDecodeError as error:
         raise ConfigError(f"caption file '{path}' is not UTF-8 text (byte {error.start})", "data.path") from None
+
+
+def tag_joiner(separator: str) -> str:
+    """What tags are joined with again: ', ' for ',' (as kohya sd-scripts writes them), a space-ending or
+    blank separator as it is."""
+    return separator if separator.endswith(" ") or separator.isspace() else separator + " "
+
+
+def transform_caption(caption: str, settings, data_dropout: float, rng) -> str:
+    """A concept's caption options applied to one sample's caption (SPEC §10), drawn from `rng` (a numpy
+    Generator seeded from the micro-batch): the caption dropped to '' with probability
+    `extra_caption_dropout(settings.caption_dropout, data_dropout)`, else split on `tag_separator`, the
+    first `keep_tags` tags kept in place, each other tag dropped with probability `tag_dropout`, the
+    rest shuffled when `shuffle_tags`, joined with `tag_joiner`."""
+    dropout = extra_caption_dropout(settings.caption_dropout, data_dropout)
+    if dropout and rng.random() < dropout:
+        return ""
+    if not (settings.shuffle_tags or settings.tag_dropout):
+        return caption
+    tags = [tag.strip() for tag in caption.split(settings.tag_separator)]
+    tags = [tag for tag in tags if tag]
+    kept, rest = tags[:settings.keep_tags], tags[settings.keep_tags:]
+    if settings.tag_dropout:
+        rest = [tag for tag, draw in zip(rest, rng.random(len(rest))) if draw >= settings.tag_dropout]
+    if settings.shuffle_tags:
+        rest = [rest[index] for index in rng.permutation(len(rest))]
+    return tag_joiner(settings.tag_separator).join(kept + rest)
+
+
+def extra_caption_dropout(concept_dropout: float, data_dropout: float) -> float:
+    """The dropout the data side draws so that a concept's caption is dropped with its own
+    `caption_dropout` p_c: the model family drops every caption with data.caption_dropout p_d
+    afterwards, so the data side drops with q = (p_c - p_d) / (1 - p_d), and 1 - (1 - q)(1 - p_d) = p_c.
+    0 where p_c <= p_d (a concept's caption_dropout below data.caption_dropout is refused by the preset)."""
+    if concept_dropout <= data_dropout:
+        return 0.0
+    return 1.0 if data_dropout >= 1 else (concept_dropout - data_dropout) / (1 - data_dropout)

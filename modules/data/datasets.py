@@ -47,8 +47,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from modules.data.captions import load_captions
-from modules.data.buckets import assign_buckets, bucket_resolutions, bucketed_epoch, cover_and_crop, sample_buckets
+from modules.config.preset import ConceptSection, concept_folder_name
+from modules.data.buckets import assign_buckets, bucket_resolutions, bucketed_epoch, cover_and_crop
+from modules.data.captions import extra_caption_dropout, load_captions, transform_caption
+from modules.data.concepts import Concept, epoch_images, resolve_concepts, training_concepts
 from modules.errors import ConfigError
 from modules.data.listing import list_images
 from modules.data.sizes import image_sizes, orientation, unreadable
@@ -58,6 +60,7 @@ from modules.data.batch import MicroBatch
 # Different streams for the same (seed, micro-batch, rank): flips vs noise/timesteps.
 FLIP_STREAM = 1
 NOISE_STREAM = 2
+CAPTION_STREAM = 3  # tag shuffling and dropout, a concept's own caption dropout
 PREFETCH_MICRO_BATCHES_PER_WORKER = 4
 
 # EXIF orientation -> the transpose that makes the image upright (as PIL.ImageOps.exif_transpose).
@@ -82,6 +85,7 @@ class SampleSpec:
     resized_size: tuple[int, int]    # after resizing to cover target_size
     crop_top_left: tuple[int, int]   # of the centre crop in the resized image
     flip: bool                       # mirrored left-right
+    image: int = -1                  # its index into the dataset's files (not part of a cache key)
 
 
 def decode(path: Path, target_size: tuple[int, int],
@@ -141,24 +145,34 @@ def torch_generator(seed: int, global_micro_batch: int, rank: int, stream: int =
 
 
 class ImageDataset:
-    """The listing, every file's size (headers only), the epoch order and per-process sharding.
+    """The training concepts' files, every file's size (headers only), the epoch order and per-process sharding.
 
-    `bucket_step` set: aspect-ratio buckets of that step and `bucket_max_aspect`. `caption_extension`
-    set: every image's caption is read now (`modules.data.captions.load_captions`, with `default_caption`).
+    `concepts`: the resolved train and regularization concepts (`modules.data.concepts`), their files
+    concatenated in concept order; without it, the one concept of `folder` with `repeats` and `flip`
+    (listed flat). `bucket_step` set: aspect-ratio buckets of that step and `bucket_max_aspect`.
+    `caption_extension` set (or `read_captions` with concepts): every image's caption is read now
+    (`modules.data.captions.load_captions`, with each concept's extension and default caption).
     """
 
     def __init__(self, folder, resolution: int, repeats: int = 1, flip: bool = False,
                  bucket_step: int | None = None, bucket_max_aspect: float = 2.0,
-                 caption_extension: str | None = None, default_caption: str | None = None):
-        self.paths = list_images(folder)
-        self.concept = Path(folder).name
-        self.loss_weight = 1.0
-        self.captions = (load_captions(self.paths, caption_extension, default_caption)
-                         if caption_extension is not None else None)
+                 caption_extension: str | None = None, default_caption: str | None = None,
+                 concepts: list[Concept] | None = None, read_captions: bool | None = None,
+                 data_caption_dropout: float = 0.0):
+        if concepts is None:
+            concepts = [folder_concept(folder, repeats, flip, caption_extension or ".txt", default_caption)]
+            read_captions = caption_extension is not None
+        self.concepts = training_concepts(concepts)
+        self.paths = [Path(path) for concept in self.concepts for path in concept.files]
+        self.image_concept = np.repeat(np.arange(len(self.concepts)), [c.num_images for c in self.concepts])
+        self.concept = self.concepts[0].name
+        self.captions = self._read_captions(data_caption_dropout) if read_captions else None
+        self.data_caption_dropout = data_caption_dropout
         self.resolution = resolution
         self.repeats = repeats
-        self.flip = flip
-        self.sizes = image_sizes(folder, self.paths)  # (width, height): the header check of every file
+        self.flip = any(concept.settings.flip for concept in self.concepts)
+        self.sizes = [size for concept in self.concepts for size in  # (width, height): the header check
+                      (concept.sizes if concept.sizes is not None else image_sizes(concept.folder, concept.files))]
         self.bucketed = bucket_step is not None
         self.latent_cache = None  # set by modules.data.caches with data.cache_latents
         if self.bucketed:
@@ -167,6 +181,22 @@ class ImageDataset:
         else:
             self.bucket_sizes = [(resolution, resolution)]
             self.image_buckets = np.zeros(len(self.paths), dtype=np.int64)
+        self._epoch_images: tuple[tuple[int, int], np.ndarray] | None = None
+
+    def _read_captions(self, data_caption_dropout: float) -> dict:
+        """image index -> caption, each read with its concept's extension and default caption. When a
+        concept drops captions beyond data.caption_dropout, '' is one of the values too (key EMPTY_CAPTION),
+        so the text-embedding cache, which embeds `captions.values()`, holds it."""
+        captions: dict = {}
+        for concept in self.concepts:
+            settings, offset = concept.settings, len(captions)
+            read = load_captions([Path(path) for path in concept.files], settings.caption_extension,
+                                 settings.default_caption)
+            captions.update({offset + index: read[Path(path)] for index, path in enumerate(concept.files)})
+        if any(extra_caption_dropout(concept.settings.caption_dropout, data_caption_dropout)
+               for concept in self.concepts):
+            captions[EMPTY_CAPTION] = ""
+        return captions
 
     @property
     def num_images(self) -> int:
@@ -174,13 +204,22 @@ class ImageDataset:
 
     @property
     def samples_per_epoch(self) -> int:
-        return self.num_images * self.repeats
+        return sum(concept.samples_per_epoch for concept in self.concepts)
 
     def bucket_counts(self) -> tuple[tuple[int, int, int], ...]:
         """(width, height, images) of every bucket that holds images, as `StepPlan.buckets`."""
         counts = np.bincount(self.image_buckets, minlength=len(self.bucket_sizes))
         return tuple((width, height, int(count)) for (width, height), count in zip(self.bucket_sizes, counts)
                      if count)
+
+    def epoch_images(self, seed: int, epoch: int) -> np.ndarray:
+        """The image of each sample of epoch `epoch` (`modules.data.concepts.epoch_images`; one concept
+        with whole repeats: sample i shows image i % N)."""
+        key = (int(seed), int(epoch))
+        if self._epoch_images is None or self._epoch_images[0] != key:
+            images = epoch_images(self.concepts, self.image_buckets, len(self.bucket_sizes), seed, epoch)
+            self._epoch_images = (key, images)
+        return self._epoch_images[1]
 
     def epoch_order(self, seed: int, epoch: int, plan: StepPlan | None = None) -> np.ndarray:
         """Sample indices of epoch `epoch` in training order, drawn from (seed, epoch) only.
@@ -189,7 +228,7 @@ class ImageDataset:
         """
         if not self.bucketed:
             return np.random.default_rng([int(seed), int(epoch)]).permutation(self.samples_per_epoch)
-        table = bucketed_epoch(seed, epoch, sample_buckets(self.image_buckets, self.repeats),
+        table = bucketed_epoch(seed, epoch, self.image_buckets[self.epoch_images(seed, epoch)],
                                plan.samples_per_micro_batch, plan.drop_last)
         return table.reshape(-1)
 
@@ -202,24 +241,35 @@ class ImageDataset:
     def sample_specs(self, order: np.ndarray, plan: StepPlan, micro_batch: int, rank: int, seed: int,
                      global_micro_batch: int) -> list[SampleSpec]:
         """Everything about the samples of one process's micro-batch except their pixels."""
-        images = [int(sample) % self.num_images for sample in self.micro_batch_samples(order, plan, micro_batch, rank)]
+        epoch = int(global_micro_batch // plan.micro_batches_per_epoch)
+        samples = self.micro_batch_samples(order, plan, micro_batch, rank)
+        images = [int(image) for image in self.epoch_images(seed, epoch)[samples]]
         flips = [False] * len(images)
         if self.flip:
             rng = np.random.default_rng(micro_batch_seed(seed, global_micro_batch, rank, FLIP_STREAM))
-            flips = (rng.random(len(images)) < 0.5).tolist()
+            flips = [bool(draw < 0.5) and self.concepts[self.image_concept[image]].settings.flip
+                     for image, draw in zip(images, rng.random(len(images)))]
         specs = []
         for image, flip in zip(images, flips):
             width, height = self.sizes[image]
             target_width, target_height = self.bucket_sizes[self.image_buckets[image]]
             (resized_width, resized_height), crop = cover_and_crop((width, height), (target_width, target_height))
             specs.append(SampleSpec(self.paths[image], (height, width), (target_height, target_width),
-                                    (resized_height, resized_width), crop, bool(flip)))
+                                    (resized_height, resized_width), crop, bool(flip), image))
         return specs
+
+    def sample_captions(self, specs: list[SampleSpec], seed: int, global_micro_batch: int, rank: int) -> list[str]:
+        """Each sample's caption, its concept's caption options applied (`transform_caption`), drawn
+        from (seed, global micro-batch, rank)."""
+        rng = np.random.default_rng(micro_batch_seed(seed, global_micro_batch, rank, CAPTION_STREAM))
+        return [transform_caption(self.captions[spec.image], self.concepts[self.image_concept[spec.image]].settings,
+                                  self.data_caption_dropout, rng) for spec in specs]
 
     def micro_batch(
         self, order: np.ndarray, plan: StepPlan, micro_batch: int, rank: int, seed: int, global_micro_batch: int
     ) -> MicroBatch:
-        """One process's part of one micro-batch: pixels (B, 3, H, W) in [-1, 1], files, sizes and crops."""
+        """One process's part of one micro-batch: pixels (B, 3, H, W) in [-1, 1], files, sizes and crops,
+        and each sample's caption, concept and loss weight."""
         specs = self.sample_specs(order, plan, micro_batch, rank, seed, global_micro_batch)
         targets = {spec.target_size for spec in specs}
         if len(targets) != 1:  # the order guarantees it; a mixed batch could not be stacked anyway
@@ -229,6 +279,7 @@ class ImageDataset:
             parameters = self.latent_cache.latent_parameters(specs)
         else:
             pixels = sample_pixels(specs)
+        concepts = [self.concepts[self.image_concept[spec.image]] for spec in specs]
         return MicroBatch(
             pixels=pixels,
             paths=[spec.path for spec in specs],
@@ -240,14 +291,40 @@ class ImageDataset:
             rank=int(rank),
             latent_parameters=parameters,
             pixel_size=specs[0].target_size,
-            captions=None if self.captions is None else [self.captions[spec.path] for spec in specs],
-            concepts=[self.concept] * len(specs),
-            loss_weights=[self.loss_weight] * len(specs),
+            captions=None if self.captions is None else self.sample_captions(specs, seed, global_micro_batch, rank),
+            concepts=[concept.name for concept in concepts],
+            loss_weights=[concept.loss_weight for concept in concepts],
         )
+
+    def concept_counts(self, plan: StepPlan, seed: int, epoch: int, micro_batches: int | None = None) -> dict[str, int]:
+        """Samples of each concept that micro-batches 0 .. `micro_batches` - 1 (default: all M) of epoch
+        `epoch` hold over every process: what the trainer logs as data/samples/<concept>. Counted from
+        the epoch's order, the same slices the processes take (wrapped and repeated samples included)."""
+        count = plan.micro_batches_per_epoch if micro_batches is None else micro_batches
+        order = self.epoch_order(seed, epoch, plan)
+        positions = np.arange(count * plan.samples_per_micro_batch) % len(order)
+        images = self.epoch_images(seed, epoch)[order[positions]]
+        totals = np.bincount(self.image_concept[images], minlength=len(self.concepts))
+        return {concept.name: int(total) for concept, total in zip(self.concepts, totals)}
 
     def stream(self, plan: StepPlan, seed: int, rank: int, start_step: int, num_workers: int) -> "MicroBatchStream":
         """This process's micro-batches from optimizer step `start_step` to the end of the plan, in order."""
         return MicroBatchStream(self, plan, seed, rank, start_step, num_workers)
+
+
+EMPTY_CAPTION = "dropped"
+"""The key of the '' caption in `ImageDataset.captions` (see `_read_captions`)."""
+
+
+def folder_concept(folder, repeats: float = 1, flip: bool = False, caption_extension: str = ".txt",
+                   default_caption: str | None = None) -> Concept:
+    """One train concept of every image under `folder` (listed flat)."""
+    settings = ConceptSection(path=str(folder), name=concept_folder_name(str(folder)) or "data", repeats=repeats,
+                              flip=flip, caption_extension=caption_extension, default_caption=default_caption,
+                              caption_dropout=0.0, shuffle_tags=False, keep_tags=0, tag_separator=",",
+                              tag_dropout=0.0)
+    files = tuple(str(path) for path in list_images(folder))
+    return Concept(settings.name, "train", str(folder), "data.path", files, len(files), repeats, None, settings)
 
 
 def micro_batch_range(plan: StepPlan, start_step: int) -> range:
@@ -345,19 +422,20 @@ class MicroBatchStream:
 
 
 def build_dataset(preset, plan: StepPlan) -> ImageDataset:
-    """The dataset of `preset` (headers read, and the captions where the model family takes captions);
-    ConfigError if it no longer matches the plan's count."""
+    """The dataset of `preset`: its train and regularization concepts (headers read, and the captions
+    where the model family takes captions); ConfigError if it no longer matches the plan's count."""
     from modules.families.model_types import resolve_model_type
     from modules.families.registry import descriptor
 
     data = preset.data
     takes_captions = descriptor(resolve_model_type(preset.model)).takes_captions
-    dataset = ImageDataset(data.path, preset.model.resolution, data.repeats, data.flip,
+    concepts = resolve_concepts(data)
+    dataset = ImageDataset(None, preset.model.resolution, data.repeats,
                            bucket_step=data.bucket_step if data.buckets else None,
-                           bucket_max_aspect=data.bucket_max_aspect,
-                           caption_extension=data.caption_extension if takes_captions else None,
-                           default_caption=data.default_caption)
-    if dataset.num_images != plan.num_images:
+                           bucket_max_aspect=data.bucket_max_aspect, concepts=concepts,
+                           read_captions=takes_captions, data_caption_dropout=data.caption_dropout)
+    if dataset.num_images != plan.num_images or \
+            [concept.samples_per_epoch for concept in concepts] != [row.samples_per_epoch for row in plan.concepts]:
         raise ConfigError(
             f"the dataset changed while starting: {dataset.num_images} images, the plan counted {plan.num_images}",
             "data.path",

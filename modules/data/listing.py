@@ -15,6 +15,8 @@ from modules.config.paths import path_note
 from modules.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+UNSUPPORTED_IMAGE_EXTENSIONS = (".tif", ".tiff", ".gif", ".heic", ".heif", ".avif", ".jxl")
+"""Images of a type the loader does not read: skipped, and named in a warning (`scan_image_files`)."""
 
 
 def list_images(folder: str | os.PathLike, key: str = "data.path") -> list[Path]:
@@ -27,6 +29,12 @@ def list_image_files(folder: str | os.PathLike, key: str = "data.path") -> list[
 
     Strings, not Path objects: a folder of 100,000 images is listed several times faster.
     """
+    return scan_image_files(folder, key)[0]
+
+
+def scan_image_files(folder: str | os.PathLike, key: str = "data.path") -> tuple[list[tuple[str, str]], list[str]]:
+    """(`list_image_files(folder)`, the paths of the files it skips for an unsupported image type
+    (UNSUPPORTED_IMAGE_EXTENSIONS), sorted) in one walk."""
     root = Path(folder)
     if not root.exists():
         raise ConfigError(f"dataset folder '{root}' does not exist{path_note(folder)}", key)
@@ -34,17 +42,24 @@ def list_image_files(folder: str | os.PathLike, key: str = "data.path") -> list[
         raise ConfigError(f"'{root}' is not a folder{path_note(folder)}", key)
     top = str(root)
     found: list[tuple[str, str]] = []
+    skipped: list[str] = []
     for directory, subdirectories, files in os.walk(top):
         subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
         # os.walk joins each subfolder onto `top`, so the relative part is the rest of the string.
         prefix = "" if directory == top else directory[len(top):].lstrip(os.sep).replace(os.sep, "/") + "/"
         for name in files:
-            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+            if name.startswith("."):
                 continue
-            found.append((prefix + name, directory + os.sep + name))
+            lowered = name.lower()
+            if lowered.endswith(IMAGE_EXTENSIONS):
+                found.append((prefix + name, directory + os.sep + name))
+            elif lowered.endswith(UNSUPPORTED_IMAGE_EXTENSIONS):
+                skipped.append(directory + os.sep + name)
     if not found:
+        unsupported = f"; {len(skipped)} files of an unsupported type such as '{Path(skipped[0]).name}'" \
+            if skipped else ""
         raise ConfigError(
-            f"dataset folder '{root}' holds no images ({', '.join(IMAGE_EXTENSIONS)})", key
+            f"dataset folder '{root}' holds no images ({', '.join(IMAGE_EXTENSIONS)}){unsupported}", key
         )
     found.sort(key=lambda item: item[0])
-    return found
+    return found, sorted(skipped)

@@ -1,12 +1,14 @@
 """Step accounting: the one place where training time is counted (SPEC §1).
 
-Inputs: N images (from `modules.data.listing.list_images`, the same files the data loader reads),
-repeats r, per-process batch size B, gradient accumulation A, processes W, drop_last, and epochs E
-or max_steps.
+Inputs: the concepts (`modules.data.concepts`: the same files the data loader reads, each with
+its repeats r_c or samples K_c), per-process batch size B, gradient accumulation A, processes W,
+drop_last, and epochs E or max_steps.
 
-    samples per epoch            S = N * r
+    samples per epoch            S = sum over train and regularization concepts c of S_c,
+                                 S_c = floor(N_c * r_c), or K_c  (one concept: S = N * r)
     micro-batches per process    M = ceil(S / (B * W))   (floor with drop_last; M == 0 is an error)
-                                 with buckets: the sum of each bucket's M
+                                 with buckets: sum over buckets b of ceil(S_b / (B * W)), where S_b,
+                                 the samples of bucket b, is the same in every epoch by construction
     optimizer steps per epoch    U = ceil(M / A)          (the last window of an epoch may be partial)
     total optimizer steps        T = E * U, or T = max_steps when it is set
 
@@ -24,8 +26,8 @@ import numpy as np
 from modules.config.durations import parse_duration
 from modules.config.preset import Preset
 from modules.data.buckets import assign_buckets, bucket_resolutions, micro_batches_per_bucket
-from modules.data.listing import list_image_files
-from modules.data.sizes import image_sizes as read_image_sizes
+from modules.data.concepts import Concept, ConceptRow, concept_rows, resolve_concepts, samples_per_bucket, \
+    training_concepts
 from modules.errors import ConfigError
 
 MAX_TOTAL_STEPS = 10_000_000
@@ -34,7 +36,7 @@ MAX_TOTAL_STEPS = 10_000_000
 
 @dataclass(frozen=True)
 class StepCounts:
-    """S, M, U and T of one preset and dataset, and the buckets they were counted over."""
+    """S, M, U and T of one preset and dataset, and the buckets and concepts they were counted over."""
 
     num_images: int
     samples_per_epoch: int
@@ -42,6 +44,7 @@ class StepCounts:
     steps_per_epoch: int
     total_steps: int
     buckets: tuple[tuple[int, int, int], ...] = ()
+    concepts: tuple[ConceptRow, ...] = ()
 
     def to_steps(self, value, key: str) -> int:
         """A preset duration (steps, "N epochs", "P%") in optimizer steps of this plan; ConfigError names `key`."""
@@ -57,18 +60,26 @@ class StepCounts:
         return IntervalSteps(every, self.total_steps, final)
 
 
-def count_steps(preset: Preset, num_images: int, image_sizes: list[tuple[int, int]] | None) -> StepCounts:
-    """S, M, U, T of `preset` over `num_images` images (bucketed by `image_sizes` with data.buckets)."""
+def count_steps(preset: Preset, concepts: list[Concept]) -> StepCounts:
+    """S, M, U, T of `preset` over the resolved `concepts` (`modules.data.concepts`; with data.buckets
+    each training concept's `sizes` are needed). S sums the train and regularization concepts."""
     data, training = preset.data, preset.training
+    trained = training_concepts(concepts)
+    if not trained:
+        raise ConfigError("holds no train or regularization concept (validation concepts never train)",
+                          "data.concepts")
+    num_images = sum(concept.num_images for concept in trained)
     if num_images < 1:
         raise ConfigError("the dataset holds no images", "data.path")
     batch, processes = training.batch_size, training.num_processes
-    samples = num_images * data.repeats
+    samples = sum(concept.samples_per_epoch for concept in trained)
+    if samples < 1:
+        raise ConfigError("every concept has 0 samples per epoch (raise a concept's repeats)", "data.concepts")
     per_step = batch * processes
-    buckets = count_buckets(preset, image_sizes) if data.buckets else ()
-    if buckets:
-        micro_batches = sum(micro_batches_per_bucket([images * data.repeats for _, _, images in buckets],
-                                                     per_step, data.drop_last))
+    buckets = ()
+    if data.buckets:
+        buckets, bucket_samples = count_bucket_samples(preset, trained)
+        micro_batches = sum(micro_batches_per_bucket(bucket_samples, per_step, data.drop_last))
     else:
         micro_batches = samples // per_step if data.drop_last else math.ceil(samples / per_step)
     if micro_batches == 0:
@@ -78,7 +89,7 @@ def count_steps(preset: Preset, num_images: int, image_sizes: list[tuple[int, in
     steps_per_epoch = math.ceil(micro_batches / training.gradient_accumulation_steps)
     total = training.max_steps if training.max_steps is not None else training.epochs * steps_per_epoch
     _check_length(preset, total, steps_per_epoch)
-    return StepCounts(num_images, samples, micro_batches, steps_per_epoch, total, buckets)
+    return StepCounts(num_images, samples, micro_batches, steps_per_epoch, total, buckets, concept_rows(concepts))
 
 
 def _check_length(preset: Preset, total: int, steps_per_epoch: int) -> None:
@@ -93,26 +104,25 @@ def _check_length(preset: Preset, total: int, steps_per_epoch: int) -> None:
         f"{MAX_TOTAL_STEPS:,} optimizer steps a plan may hold", "training.epochs")
 
 
-def count_images(preset: Preset) -> int:
-    if not preset.data.path:
-        raise ConfigError("is not set: choose the folder of training images", "data.path")
-    return len(list_image_files(preset.data.path))
-
-
-def dataset_image_sizes(preset: Preset) -> list[tuple[int, int]]:
-    """(width, height) of every image of the dataset, in listing order, from the file headers."""
-    if not preset.data.path:
-        raise ConfigError("is not set: choose the folder of training images", "data.path")
-    return read_image_sizes(preset.data.path, [path for _, path in list_image_files(preset.data.path)])
-
-
-def count_buckets(preset: Preset, image_sizes: list[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:
-    """(width, height, images) of every bucket that holds images, in bucket order."""
+def count_bucket_samples(preset: Preset, trained: list[Concept]) -> tuple[tuple[tuple[int, int, int], ...], list[int]]:
+    """((width, height, images) of every bucket that holds images, in bucket order; the samples each of
+    those buckets holds per epoch, S_b, fixed by construction (`modules.data.concepts.samples_per_bucket`))."""
     data = preset.data
     resolutions = bucket_resolutions(preset.model.resolution, data.bucket_step, data.bucket_max_aspect)
-    counts = [int(count) for count in
-              np.bincount(assign_buckets(image_sizes, resolutions), minlength=len(resolutions))]
-    return tuple((width, height, count) for (width, height), count in zip(resolutions, counts) if count)
+    images = np.zeros(len(resolutions), dtype=np.int64)
+    samples = np.zeros(len(resolutions), dtype=np.int64)
+    for concept in trained:
+        assigned = assign_buckets(list(concept.sizes), resolutions)
+        images += np.bincount(assigned, minlength=len(resolutions))
+        samples += samples_per_bucket(concept, assigned, len(resolutions))
+    used = np.flatnonzero(images)
+    buckets = tuple((resolutions[b][0], resolutions[b][1], int(images[b])) for b in used)
+    return buckets, [int(samples[b]) for b in used]
+
+
+def list_concepts(preset: Preset, read_sizes: bool) -> list[Concept]:
+    """The preset's concepts, listed (and every image's size read, through the size index, when asked)."""
+    return resolve_concepts(preset.data, read_sizes)
 
 
 class IntervalSteps(Sequence):

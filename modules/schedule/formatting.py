@@ -24,8 +24,20 @@ def plan_summary(plan) -> str:
     )
     in_buckets = f" in {plural(len(plan.buckets), 'bucket')}" if plan.buckets else ""
     return (
-        f"{plural(plan.num_images, 'image')}{in_buckets} x {plural(plan.repeats, 'repeat')}, "
+        f"{dataset_summary(plan, in_buckets)}, "
         f"batch {plan.batch_size}{processes}, "
         f"accumulation {plan.gradient_accumulation_steps} -> {length} = {plan.total_steps} steps, "
         f"warmup {plan.warmup_steps}" + (f", {plan.lr_scale_note}" if plan.lr_scale_note else "")
     )
+
+
+def dataset_summary(plan, in_buckets: str = "") -> str:
+    """'7 images x 1 repeat' for one folder; '3 concepts (kohya layout of 'train'), 120 images -> 900
+    samples/epoch' for several."""
+    rows = [row for row in plan.concepts if row.type != "validation"]
+    if len(rows) <= 1 and not plan.kohya_folders and (not rows or rows[0].key == "data.path"):
+        return f"{plural(plan.num_images, 'image')}{in_buckets} x {plural(plan.repeats, 'repeat')}"
+    kohya = ", ".join(f"'{folder}'" for folder in plan.kohya_folders)
+    layout = f" (kohya layout of {kohya})" if kohya else ""
+    return (f"{plural(len(rows), 'concept')}{layout}, {plural(plan.num_images, 'image')}{in_buckets} -> "
+            f"{plan.samples_per_epoch} samples/epoch")

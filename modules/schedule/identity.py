@@ -42,8 +42,20 @@ def plan_identity(plan) -> dict:
         **({"text_encoder_stop_steps": plan.text_encoder_stop_steps}
            if plan.text_encoder_stop_steps is not None else {}),
         "schedule": schedule_identity(plan.schedule),
+        **concepts_identity(plan),
     }
     return json.loads(json.dumps(fields))
+
+
+def concepts_identity(plan) -> dict:
+    """{"concepts": [[name, type, images, repeats, samples, samples per epoch, loss weight], ...]} of the
+    train and regularization concepts; {} for the one concept of data.path read flat, so plans of one
+    folder keep the identity they always had."""
+    rows = [row for row in plan.concepts if row.type != "validation"]
+    if len(rows) == 1 and rows[0].key == "data.path" and rows[0].kohya_folder is None:
+        return {}
+    return {"concepts": [[row.name, row.type, row.images, row.repeats, row.samples, row.samples_per_epoch,
+                          row.loss_weight] for row in rows]}
 
 
 def fingerprint(identity: dict) -> str:

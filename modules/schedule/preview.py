@@ -6,12 +6,15 @@ training schedule, not a copy of it. Pure NumPy: no torch, no GUI.
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from modules.data.captions import summarize_captions
 from modules.config.preset import ADAPTIVE_OPTIMIZERS, Preset
+from modules.data.concepts import resolve_concepts
 from modules.data.listing import list_images
+from modules.schedule.formatting import dataset_summary
 from modules.families.model_types import TEXT_TO_IMAGE_TYPES
 from modules.schedule.lr_curve import LrCurve, build_lr_curve
 from modules.schedule.step_plan import StepPlan, build_step_plan
@@ -52,8 +55,7 @@ class Preview:
         checkpoint_note = f"(every {every} step{'s' * (every != 1)} and the last step)" if every else "(the last step)"
         lines = [
             plan.summary(),
-            f"  images            {plan.num_images} x {plan.repeats} repeat{'s' * (plan.repeats != 1)} = "
-            f"{plan.samples_per_epoch} samples per epoch",
+            *self.dataset_lines(),
             *self.caption_lines(),
             f"  micro-batches     {plan.micro_batches_per_epoch} per epoch per process "
             f"(batch {plan.batch_size}{processes}{drop}"
@@ -78,13 +80,49 @@ class Preview:
             lines.extend(f"  - {warning}" for warning in plan.warnings)
         return lines
 
+    def dataset_lines(self) -> list[str]:
+        """'images  7 x 1 repeat = 7 samples per epoch' for one folder, else the concept table."""
+        plan = self.plan
+        if dataset_summary(plan) == f"{plan.num_images} image{'s' * (plan.num_images != 1)} x " \
+                                    f"{plan.repeats} repeat{'s' * (plan.repeats != 1)}":
+            return [f"  images            {plan.num_images} x {plan.repeats} repeat{'s' * (plan.repeats != 1)} = "
+                    f"{plan.samples_per_epoch} samples per epoch"]
+        return concept_lines(plan)
+
     def caption_lines(self) -> list[str]:
-        """Text-to-image models: how many images have a caption file (the plan itself never depends on it)."""
-        data = self.preset.data
-        if self.plan.model_type not in TEXT_TO_IMAGE_TYPES or not data.path:
+        """Text-to-image models: how many images have a caption file, per concept (the plan itself
+        never depends on it)."""
+        if self.plan.model_type not in TEXT_TO_IMAGE_TYPES:
             return []
-        summary = summarize_captions(list_images(data.path), data.caption_extension)
-        return [f"  captions          {summary.describe(data.default_caption)}"]
+        data = self.preset.data
+        if data.path and not data.concepts and not self.plan.kohya_folders:
+            summary = summarize_captions(list_images(data.path), data.caption_extension)
+            return [f"  captions          {summary.describe(data.default_caption)}"]
+        lines = []
+        for concept in resolve_concepts(data):
+            settings = concept.settings
+            summary = summarize_captions([Path(path) for path in concept.files], settings.caption_extension)
+            described = summary.describe(settings.default_caption).replace("data.default_caption", "default_caption")
+            lines.append(f"  captions          {concept.name}: {described}")
+        return lines
+
+
+def concept_lines(plan: StepPlan) -> list[str]:
+    """Every concept: name, type, images, repeats or samples, samples per epoch, share of the epoch."""
+    kohya = ", ".join(f"'{folder}'" for folder in plan.kohya_folders)
+    layout = f"; kohya layout: {kohya} read as one concept per N_name subfolder (repeats N)" if kohya else ""
+    lines = [f"  concepts          {len(plan.concepts)}, {plan.num_images} images -> {plan.samples_per_epoch} "
+             f"samples per epoch{layout}"]
+    width = max(len(row.name) for row in plan.concepts)
+    width = max(width, 4)
+    lines.append(f"    {'name':<{width}}  {'type':<14}  {'images':>6}  {'repeats/samples':<15}  "
+                 f"{'samples/epoch':>13}  {'share':>6}  loss weight")
+    for row in plan.concepts:
+        share = f"{100 * row.samples_per_epoch / plan.samples_per_epoch:.1f}%" if row.type != "validation" else "-"
+        per_epoch = str(row.samples_per_epoch) if row.type != "validation" else "not trained"
+        lines.append(f"    {row.name:<{width}}  {row.type:<14}  {row.images:>6}  {row.amount():<15}  "
+                     f"{per_epoch:>13}  {share:>6}  {row.loss_weight:g}")
+    return lines
 
 
 def bucket_lines(plan: StepPlan, max_listed: int = 12) -> list[str]:

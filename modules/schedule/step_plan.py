@@ -26,11 +26,9 @@ from modules.schedule.accounting import (  # noqa: F401 - re-exported: callers i
     MAX_TOTAL_STEPS,
     IntervalSteps,
     StepCounts,
-    count_buckets,
-    count_images,
     count_steps,
-    dataset_image_sizes,
 )
+from modules.data.concepts import ConceptRow, count_only, resolve_concepts, with_sizes
 from modules.schedule.formatting import format_lr, plan_summary  # noqa: F401 - format_lr re-exported
 from modules.schedule.identity import describe_changes, fingerprint, plan_identity  # noqa: F401
 from modules.schedule.lr_scaling import lr_scaling
@@ -64,6 +62,7 @@ class StepPlan:
     lr_scale: float = 1.0  # every group's base LR is multiplied by this (optimizer.lr_scaling)
     lr_scale_note: str = ""  # how: "lr 1e-4 x sqrt(8) = 2.83e-4 (batch 2 x accumulation 4)"; "" when unscaled
     buckets: tuple[tuple[int, int, int], ...] = ()  # (width, height, images) of each used bucket; () without
+    concepts: tuple[ConceptRow, ...] = ()  # every concept (validation ones too), in preset order
 
     # --- derived views ---------------------------------------------------------
 
@@ -84,6 +83,11 @@ class StepPlan:
     @property
     def cycle_starts(self) -> list[int]:
         return cycle_starts(self.schedule)
+
+    @property
+    def kohya_folders(self) -> tuple[str, ...]:
+        """The folders read with the kohya layout (N_name subfolders), in order."""
+        return tuple(dict.fromkeys(row.kohya_folder for row in self.concepts if row.kohya_folder))
 
     @property
     def samples_per_micro_batch(self) -> int:
@@ -113,18 +117,22 @@ class StepPlan:
 
 
 def build_step_plan(preset: Preset, num_images: int | None = None,
-                    image_sizes: list[tuple[int, int]] | None = None) -> StepPlan:
-    """The plan for `preset`. Counts the dataset folder unless `num_images` (or, with buckets,
-    `image_sizes`: (width, height) of every image in listing order) is given."""
+                    image_sizes: list[tuple[int, int]] | None = None, concepts: list | None = None) -> StepPlan:
+    """The plan for `preset`. Lists the concepts' folders (`modules.data.concepts.resolve_concepts`)
+    and runs the dataset checks, unless the caller measured the dataset itself: `concepts` (resolved,
+    as the app's counter gives them), or for the one concept of `data.path`, `num_images` (or, with
+    buckets, `image_sizes`: (width, height) of every image in listing order). A count that cannot
+    describe the dataset (several concepts, a kohya folder) is set aside and the folders are listed."""
     data, training = preset.data, preset.training
-    dataset_warnings = check_dataset(preset) if num_images is None and image_sizes is None else []
-    if data.buckets and image_sizes is None:
-        image_sizes = dataset_image_sizes(preset)
-    if image_sizes is not None:
-        num_images = len(image_sizes)
-    if num_images is None:
-        num_images = count_images(preset)
-    counts = count_steps(preset, num_images, image_sizes)
+    dataset_warnings: list[str] = []
+    if concepts is None and (num_images is not None or image_sizes is not None):
+        concepts = count_only(data, num_images, image_sizes)
+    if concepts is None:
+        concepts = resolve_concepts(data, read_sizes=True)  # every header: the check training makes
+        dataset_warnings = check_dataset(preset, concepts)
+    elif data.buckets:
+        concepts = [with_sizes(concept) if concept.trains and concept.files else concept for concept in concepts]
+    counts = count_steps(preset, list(concepts))
     plan = StepPlan(
         num_images=counts.num_images,
         repeats=data.repeats,
@@ -140,6 +148,7 @@ def build_step_plan(preset: Preset, num_images: int | None = None,
         total_steps=counts.total_steps,
         schedule=resolve_schedule(preset, counts),
         buckets=counts.buckets,
+        concepts=counts.concepts,
         **_plan_extras(preset, counts),
     )
     return replace(plan, warnings=tuple(dataset_warnings) + tuple(plan_warnings(plan, preset)))

@@ -342,6 +342,8 @@ def training_loop(run: Run, global_step: int, last_checkpoint, *, on_step, shoul
                     on_step(StepReport(step, total_steps, plan.position(step)[0], loss, lrs, elapsed, eta, effective))
                 if global_step in plan.sample_steps:
                     save_samples(run, global_step)
+                if global_step % plan.steps_per_epoch == 0 or global_step == total_steps:
+                    log_concept_samples(run, step)
             stop = _agreed_stop(run, should_stop)
             if global_step in plan.checkpoint_steps or (stop and global_step < total_steps):
                 if global_step == total_steps:
@@ -357,6 +359,16 @@ def training_loop(run: Run, global_step: int, last_checkpoint, *, on_step, shoul
         bar.close()
     say(f"finished {total_steps} steps; final model: {run.output_dir / paths.FINAL_MODEL_DIR}")
     return TrainResult(run.output_dir, global_step, total_steps, True, last_checkpoint, None)
+
+
+def log_concept_samples(run: Run, step: int) -> None:
+    """data/samples/<concept> of the epoch that optimizer step `step` ends: the samples of each concept
+    in the micro-batches the epoch took (over every process; before and after a resume alike)."""
+    plan = run.plan
+    epoch = plan.position(step)[0]
+    taken = window_of(plan, step).stop - epoch * plan.micro_batches_per_epoch
+    run.tensorboard.log_concept_samples(step, run.dataset.concept_counts(plan, run.preset.training.seed, epoch,
+                                                                        taken))
 
 
 def _agreed_stop(run: Run, should_stop) -> bool:
