@@ -190,3 +190,43 @@ def test_the_panel_with_20_concepts_edits_one_row_and_redraws_the_preview(displa
         assert panel.rows[19].variables["name"].get() == "c00" and panel.built == 21
     finally:
         window.destroy()
+
+
+def test_the_preview_of_three_concepts_sums_their_samples_and_lists_them(three_folders):
+    from ui.controllers.preset_draft import concept_lines
+
+    draft = make_draft({"default_caption": "a photo"})
+    for folder in three_folders:
+        draft.add_concept(str(folder))
+    draft.set_concept_text(1, "amount", "1.5")  # 5 images: floor(7.5) = 7
+    draft.set_concept_text(2, "type", "regularization")
+    draft.set_concept_text(2, "amount_kind", "samples")
+    draft.set_concept_text(2, "amount", "10")
+    state = draft.wait_for_images()
+    assert state.error is None, state.error
+    plan = state.preview.plan
+    assert plan.samples_per_epoch == 6 + 7 + 10 and plan.steps_per_epoch == 23
+    lines = concept_lines(state.preview)
+    assert lines[0].startswith("concepts          3, 15 images -> 23 samples per epoch")
+    assert [line.split()[:3] for line in lines[2:]] == [["cat", "train", "6"], ["style", "train", "5"],
+                                                        ["person", "regularization", "4"]]
+    assert "43.5%" in lines[4]  # 10 of 23
+
+
+def test_an_edit_resolves_only_the_edited_concepts_folder_again(three_folders, monkeypatch):
+    import ui.controllers.preset_draft as preset_draft
+
+    draft = make_draft({"default_caption": "a photo"})
+    for folder in three_folders:
+        draft.add_concept(str(folder))
+    draft.wait_for_images()
+    resolved = []
+    original = preset_draft.resolve_concepts
+    monkeypatch.setattr(preset_draft, "resolve_concepts",
+                        lambda data, **kwargs: resolved.append(data.concepts[0].path) or original(data, **kwargs))
+    draft.set_text("training.batch_size", "2")
+    assert draft.evaluate().fresh and resolved == []  # an edit elsewhere lists no folder
+    draft.set_concept_text(1, "amount", "2")
+    state = draft.evaluate()
+    assert resolved == [str(three_folders[1])]
+    assert state.preview.plan.samples_per_epoch == 6 + 10 + 4

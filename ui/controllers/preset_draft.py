@@ -22,6 +22,7 @@ the curve exports are the CLI's (`LrCurve.write_csv`, `ui.curve_plot`).
 """
 
 import copy
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 
 from modules.config.preset import (
     ConceptSection,
+    DataSection,
     Preset,
     concept_folder_name,
     migrate,
@@ -40,10 +42,13 @@ from modules.config.preset import (
     validate_preset,
 )
 from modules.data.captions import CaptionSummary
-from modules.data.checks import check_preset
+from modules.data.checks import check_dataset, check_preset
+from modules.data.concepts import resolve_concepts
 from modules.errors import ConfigError
 from modules.families.model_types import TEXT_TO_IMAGE_TYPES
+from modules.schedule.lr_curve import build_lr_curve
 from modules.schedule.preview import Preview, build_preview
+from modules.schedule.step_plan import build_step_plan
 from ui.controllers.fields import (
     ALL_FIELDS,
     CONCEPT_CAPTION_KEYS,
@@ -56,7 +61,7 @@ from ui.controllers.fields import (
     format_value,
     parse_text,
 )
-from ui.controllers.image_counter import CaptionCounter, ImageCounter
+from ui.controllers.image_counter import CaptionCounter, ImageCounter, folder_key
 
 DEFAULTS = Preset().to_json_dict()
 PIECEWISE_EXAMPLE = [[0, 1.0], ["50%", 0.1]]
@@ -165,6 +170,17 @@ class UnknownKey:
         return f"{self.key} (did you mean '{self.suggestion}'?)" if self.suggestion else self.key
 
 
+def _resolve_one_concept(concept: ConceptSection, index: int, layout: str) -> list:
+    """Concept `index` resolved alone (its kohya subfolders too, with every image size), its keys and
+    errors naming `data.concepts.<index>`."""
+    try:
+        found = resolve_concepts(DataSection(concepts=[concept], layout=layout), read_sizes=True)
+    except ConfigError as error:
+        key = (error.key or "").replace("data.concepts.0", f"data.concepts.{index}", 1) or None
+        raise ConfigError(error.args[0], key) from None
+    return [replace(item, key=item.key.replace("data.concepts.0", f"data.concepts.{index}", 1)) for item in found]
+
+
 def concept_error_target(key: str | None) -> tuple[int, str | None] | None:
     """The concept and the panel input a validator key names: "data.concepts.2.samples" -> (2, "amount")
     (repeats and samples share the amount entry), "data.concepts.2" -> (2, None); else None."""
@@ -227,6 +243,8 @@ class PresetDraft:
         self.last_valid: Preview | None = None
         self.revision = 0
         self._clean_raw = copy.deepcopy(self.raw)  # the draft as last loaded or saved
+        self._resolved: dict[tuple, list] = {}  # each concept's resolved folder (`_resolved_concepts`)
+        self._resolved_lock = threading.Lock()
 
     @property
     def modified(self) -> bool:
@@ -516,7 +534,7 @@ class PresetDraft:
                 count = found
         try:
             # num_images None with no data.path: the plan raises "data.path: is not set".
-            preview = build_preview(preset, count, sizes)
+            preview, dataset_warnings = self._build_preview(preset, count, sizes)
             # The curve is computed on first use: here, so that the caller's thread pays for it.
             preview.curve.applied_multipliers, preview.curve.effective_multipliers  # noqa: B018
         except ConfigError as error:
@@ -533,9 +551,43 @@ class PresetDraft:
                                 revision=revision)
         return PreviewState(preview, True, image_count=count, preset=preset,
                             start_refusal=app_start_refusal(preset), revision=revision,
-                            warnings=visible_warnings(preview.plan.warnings, preset.scheduler.type) + caption_warnings,
+                            warnings=visible_warnings(preview.plan.warnings, preset.scheduler.type) + caption_warnings
+                            + dataset_warnings,
                             captions=None if captions is COUNTING else captions,
                             counting_captions=captions is COUNTING)
+
+    def _build_preview(self, preset: Preset, count: int | None, sizes) -> tuple[Preview, tuple[str, ...]]:
+        """The preview, and with data.concepts the dataset checks' warnings (per concept: skipped files,
+        small images, shared caption stems). The concepts are resolved through `_resolved_concepts`."""
+        if not preset.data.concepts:
+            return build_preview(preset, count, sizes), ()
+        concepts = self._resolved_concepts(preset)
+        warnings = tuple(check_dataset(preset, concepts))
+        plan = build_step_plan(preset, concepts=concepts)
+        return Preview(preset, plan, build_lr_curve(plan, preset.optimizer)), warnings
+
+    def _resolved_concepts(self, preset: Preset) -> list:
+        """`modules.data.concepts.resolve_concepts` of the preset, one concept at a time, each cached by its
+        settings, index, layout and folder (its modification time): an edit of one concept lists only its
+        folder again, an edit elsewhere none (the counter has read every header into the size index)."""
+        data, resolved = preset.data, []
+        for index, concept in enumerate(data.concept_list()):
+            cache_key = (index, concept.model_dump_json(), data.layout, folder_key(concept.path))
+            with self._resolved_lock:
+                found = self._resolved.get(cache_key)
+            if found is None:
+                found = _resolve_one_concept(concept, index, data.layout)
+                with self._resolved_lock:
+                    self._resolved[cache_key] = found
+            resolved.extend(found)
+        if len({concept.name for concept in resolved}) < len(resolved):
+            resolve_concepts(data)  # a kohya subfolder named like another concept: the engine's own error
+        return resolved
+
+    def forget_concepts(self) -> None:
+        """Drop the resolved concepts (the "count again" button)."""
+        with self._resolved_lock:
+            self._resolved.clear()
 
     def _concepts_counted(self, preset: Preset, revision: int) -> PreviewState | None:
         """With data.concepts: a state that waits while a concept's folder is still counted (the count
@@ -635,23 +687,11 @@ def scaled_lr_note(preview: Preview | None) -> str:
     return preview.plan.lr_scale_note.split(" (")[0].split(" ", 2)[2]
 
 
+
 def concept_lines(preview: Preview | None) -> list[str]:
-    """Under the preview, one line per concept of the plan: name, type, images, repeats or samples,
-    samples per epoch and its share of the epoch ("mychar  train  9 images x 10 = 90 samples/epoch (62%)");
-    [] for a plan of one concept from data.path (the summary says it all)."""
-    rows = getattr(preview.plan, "concepts", ()) if preview is not None else ()
-    if not rows or (len(rows) == 1 and rows[0].key == "data.path" and not rows[0].kohya_folder):
+    """Under the preview, the CLI's concept table (`Preview.dataset_lines`: every concept's name, type,
+    images, repeats or samples, samples per epoch and share of the epoch); [] for one plain folder."""
+    if preview is None:
         return []
-    trained = sum(row.samples_per_epoch for row in rows if row.type != "validation")
-    width = max(len(row.name) for row in rows)
-    lines = []
-    for row in rows:
-        images = f"{row.images} image{'s' * (row.images != 1)}"
-        if row.type == "validation":
-            lines.append(f"{row.name:<{width}}  validation  {images}, not trained")
-            continue
-        amount = f"{row.samples} samples" if row.samples is not None else f"x {row.repeats:g}"
-        share = f"{100 * row.samples_per_epoch / trained:.0f}%" if trained else "-"
-        lines.append(f"{row.name:<{width}}  {row.type}  {images} {amount} = {row.samples_per_epoch} "
-                     f"samples/epoch ({share})")
-    return lines
+    lines = preview.dataset_lines()
+    return [line[2:] for line in lines] if len(lines) > 1 else []

@@ -258,6 +258,7 @@ class SettingsTabs:
         for path in paths:
             if isinstance(path, str) and path:
                 self._forget_counts(path)
+        self._draft.forget_concepts()
         self._on_changed()
 
     def _forget_counts(self, path: str) -> None:
