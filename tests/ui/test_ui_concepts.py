@@ -174,6 +174,8 @@ def test_the_panel_with_20_concepts_edits_one_row_and_redraws_the_preview(displa
         assert window.draft.concepts()[7]["repeats"] == 3
         expected = sum((2 + index % 3) * (3 if index == 7 else 1) for index in range(20))
         assert window.preview_state.preview.plan.samples_per_epoch == expected
+        listed = window.settings.scheduler_tab.preview_panel.concept_text.splitlines()
+        assert len(listed) == 22 and listed[9].split()[:5] == ["c07", "train", "3", "x", "3"]  # 3 images x 3
 
         type_into(panel.rows[3].inputs["amount"], "-1")
         pump(window, lambda: window.preview_state.error_key == "data.concepts.3.repeats")

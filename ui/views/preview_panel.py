@@ -22,12 +22,18 @@ WARNING_COLOR = ("#a04000", "#f0b45a")
 PREVIEW_LINE_POINTS = APP_LINE_POINTS
 
 
+def fixed_font_family() -> str:
+    """The system's fixed-width family (the concept table is aligned in columns)."""
+    from tkinter import font
+
+    return font.nametofont("TkFixedFont").actual("family")
+
+
 def is_dark() -> bool:
     return ctk.get_appearance_mode() == "Dark"
 
 
 CONCEPT_LINES_SHOWN = 6  # the concept list scrolls beyond this many lines, so the curve keeps its height
-CONCEPT_LINE_PIXELS = 16
 
 # The preview's size in the 1280x800 window (Tk resizes the canvas to its cell); the legend sits beside it.
 PREVIEW_SIZE_INCHES = (6.2, 5.7)
@@ -59,8 +65,8 @@ class PreviewPanel(ctk.CTkFrame):
         self.warnings = ctk.CTkLabel(self, text="", anchor="w", justify="left", text_color=WARNING_COLOR)
         self.warnings.grid(row=4, column=0, columnspan=2, sticky="we", padx=8, pady=(0, 8))
         # One line per concept (name, type, images, repeats or samples, samples per epoch, share), scrolled.
-        self.concepts = ctk.CTkTextbox(self, height=CONCEPT_LINE_PIXELS, wrap="none", activate_scrollbars=True,
-                                       font=ctk.CTkFont(family="TkFixedFont", size=11), fg_color="transparent")
+        self.concepts = ctk.CTkTextbox(self, height=20, wrap="none", activate_scrollbars=True,
+                                       font=ctk.CTkFont(family=fixed_font_family(), size=11), fg_color="transparent")
         self.concepts.configure(state="disabled")
         self.concept_text = ""
         self.bind("<Configure>", self._rewrap)
@@ -106,15 +112,22 @@ class PreviewPanel(ctk.CTkFrame):
             self.message.configure(text_color=ERROR_COLOR)
 
     def _show_concepts(self, lines: list[str]) -> None:
-        """The concept lines under the curve (hidden for one folder); only a changed text is redrawn."""
+        """The concept lines under the curve (hidden for one folder). Only a changed text is written, and the
+        box is resized only when its number of lines changes: CTkTextbox redraws (and flushes the pending
+        full draw of the figure) on every resize."""
         text = "\n".join(lines)
         if text == self.concept_text:
             return
+        shown_lines = min(len(lines), CONCEPT_LINES_SHOWN)
+        resize = shown_lines != min(self.concept_text.count("\n") + 1, CONCEPT_LINES_SHOWN) or not self.concept_text
         self.concept_text = text
         self.concepts.configure(state="normal")
         self.concepts.delete("1.0", "end")
         self.concepts.insert("1.0", text)
-        self.concepts.configure(state="disabled", height=CONCEPT_LINE_PIXELS * min(len(lines), CONCEPT_LINES_SHOWN) + 8)
+        self.concepts.configure(state="disabled")
+        if resize and lines:
+            line_pixels = self.concepts.cget("font").metrics("linespace") + 1
+            self.concepts.configure(height=line_pixels * shown_lines + 14)
         if lines:
             self.concepts.grid(row=2, column=0, columnspan=2, sticky="we", padx=8, pady=(0, 2))
         else:

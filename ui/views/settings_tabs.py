@@ -39,7 +39,8 @@ class DataTab(ctk.CTkFrame):
         super().__init__(master, fg_color="transparent")
         self.grid_columnconfigure(0, weight=2, uniform="columns")  # the concept rows need ~780 pixels
         self.grid_columnconfigure(1, weight=1, uniform="columns")
-        self.grid_rowconfigure((0, 1), weight=1)
+        self.grid_rowconfigure(0, weight=3)  # the concept rows (and one open detail area) over the fields
+        self.grid_rowconfigure(1, weight=2)
         self.concepts_panel = ConceptsPanel(self, *concept_callbacks)
         self.concepts_panel.grid(row=0, column=0, sticky="nsew", padx=(0, 6), pady=(0, 6))
         self.data_panel = FieldsPanel(self, DATA_MODEL_FIELDS, on_edit, on_browse, title="Dataset and model")
