@@ -21,15 +21,18 @@ xvfb:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb >/dev/null) || \
 		echo "note: Xvfb is not installed; the tests that open the real window will be skipped"; }
 
-# The demo starts afresh each time: output/demo, output/tiny_sd and output/text_to_image_demo are its
-# own scratch folders. The second half builds a tiny Stable Diffusion pipeline with random weights
+# The demo starts afresh each time: output/demo, output/concepts_demo (two concepts and a
+# regularization folder), output/tiny_sd and output/text_to_image_demo are its own scratch folders. The second half builds a tiny Stable Diffusion pipeline with random weights
 # (there are no real weights offline) and trains the text-to-image LoRA preset on it. The demo's
 # models are tiny: one torch thread is quickest for them (and fair to a shared machine).
 demo: export OMP_NUM_THREADS = 1
 demo: setup
-	rm -rf output/demo output/tiny_sd output/text_to_image_demo
+	rm -rf output/demo output/tiny_sd output/text_to_image_demo output/concepts_demo
 	$(PY) scripts/preview.py training_presets/demo.json --csv output/demo/preview.csv --png output/demo/preview.png
 	$(PY) scripts/train.py training_presets/demo.json
+	$(PY) scripts/preview.py training_presets/concepts_demo.json \
+		--csv output/concepts_demo/preview.csv --png output/concepts_demo/preview.png
+	$(PY) scripts/train.py training_presets/concepts_demo.json
 	$(PY) scripts/build_tiny_pipeline.py --type stable_diffusion output/tiny_sd
 	$(PY) scripts/preview.py training_presets/text_to_image_demo.json \
 		--csv output/text_to_image_demo/preview.csv --png output/text_to_image_demo/preview.png
@@ -38,7 +41,8 @@ demo: setup
 	@echo "Done. What the demo wrote:"
 	@echo "  LoRA files:  output/text_to_image_demo/model (pytorch_lora_weights.safetensors, lora_kohya.safetensors)"
 	@echo "  samples:     output/text_to_image_demo/samples"
-	@echo "  TensorBoard: output/demo/tensorboard and output/text_to_image_demo/tensorboard"
+	@echo "  TensorBoard: output/demo/tensorboard, output/concepts_demo/tensorboard (data/samples/<concept>)"
+	@echo "               and output/text_to_image_demo/tensorboard"
 	@echo "Look at the curves:  $(VENV)/bin/tensorboard --logdir output  (then open http://localhost:6006)"
 	@echo "Load the LoRA:       pipe = StableDiffusionPipeline.from_pretrained(\"output/tiny_sd\")"
 	@echo "                     pipe.load_lora_weights(\"output/text_to_image_demo/model\")"
