@@ -104,7 +104,7 @@ def test_each_concept_has_its_image_and_caption_counts(three_folders):
         draft.add_concept(str(folder))
     counts = draft.wait_for_images().concept_counts
     assert [(count.images, count.captions.with_caption) for count in counts] == [(6, 6), (5, 3), (4, 0)]
-    assert counts[1].describe() == "5 images, 3 captioned"
+    assert counts[1].describe() == "5 images, 3 captioned" and counts[1].describe(with_captions=False) == "5 images"
 
 
 def test_concept_counts_run_off_the_calling_thread_and_are_cached(three_folders):
@@ -141,6 +141,22 @@ def test_a_bad_amount_is_marked_at_the_concepts_amount_entry(three_folders):
     assert concept_error_target("data.concepts") is None and concept_error_target("data.path") is None
 
 
+
+def test_a_kohya_folder_concept_is_previewed_as_its_subfolders(tmp_path):
+    from ui.controllers.preset_draft import concept_lines
+
+    make_images(tmp_path / "train" / "10_mychar", 3)
+    make_images(tmp_path / "train" / "2_style", 2, seed=1)
+    draft = make_draft({})
+    draft.add_concept(str(tmp_path / "train"))
+    state = draft.wait_for_images()
+    assert state.error is None and state.concept_counts[0].images == 5
+    assert state.preview.plan.samples_per_epoch == 3 * 10 + 2 * 2
+    assert [line.split()[0] for line in concept_lines(state.preview)[2:]] == ["mychar", "style"]
+    draft.add_concept(str(make_images(tmp_path / "other" / "mychar", 2, seed=2)))  # named like a subfolder
+    state = draft.wait_for_images()
+    assert "two concepts are named 'mychar'" in state.error
+
 # --- the real panel under Xvfb -----------------------------------------------------------------------------
 
 @pytest.mark.gui
@@ -165,7 +181,7 @@ def test_the_panel_with_20_concepts_edits_one_row_and_redraws_the_preview(displa
         select_tab(window, "Data & model")
         panel = window.settings.data_tab.concepts_panel
         assert len(panel.rows) == 20 and panel.built == 20
-        assert panel.rows[19].counts.cget("text") == f"{2 + 19 % 3} images, 0 captioned"
+        assert panel.rows[19].counts.cget("text") == f"{2 + 19 % 3} images"  # a unet model reads no captions
         assert not window.field_row("data.path").winfo_manager()  # with concepts, data.path is hidden
         steps = window.preview_state.preview.plan.total_steps
         type_into(panel.rows[7].inputs["amount"], "3")

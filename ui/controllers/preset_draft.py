@@ -117,14 +117,15 @@ class ConceptCount:
     captions: CaptionSummary | None = None  # None while counting
     counting: bool = False
 
-    def describe(self) -> str:
-        """'12 images, 10 captioned', 'counting ...', or the folder's problem."""
+    def describe(self, with_captions: bool = True) -> str:
+        """'12 images, 10 captioned' ('12 images' when captions are not trained on), 'counting ...', or the
+        folder's problem."""
         if self.error:
             return self.error
         if self.images is None:
             return "counting ..."
         text = f"{self.images} image{'s' * (self.images != 1)}"
-        if self.captions is not None and self.captions.error is None:
+        if with_captions and self.captions is not None and self.captions.error is None:
             text += f", {self.captions.with_caption} captioned"
         return text
 
@@ -569,17 +570,19 @@ class PresetDraft:
     def _resolved_concepts(self, preset: Preset) -> list:
         """`modules.data.concepts.resolve_concepts` of the preset, one concept at a time, each cached by its
         settings, index, layout and folder (its modification time): an edit of one concept lists only its
-        folder again, an edit elsewhere none (the counter has read every header into the size index)."""
-        data, resolved = preset.data, []
+        folder again, an edit elsewhere none (the counter has read every header into the size index).
+        The cache keeps only the entries of the newest preset, so typing never piles up listings."""
+        data, resolved, used = preset.data, [], {}
         for index, concept in enumerate(data.concept_list()):
             cache_key = (index, concept.model_dump_json(), data.layout, folder_key(concept.path))
             with self._resolved_lock:
                 found = self._resolved.get(cache_key)
             if found is None:
                 found = _resolve_one_concept(concept, index, data.layout)
-                with self._resolved_lock:
-                    self._resolved[cache_key] = found
+            used[cache_key] = found
             resolved.extend(found)
+        with self._resolved_lock:
+            self._resolved = used
         if len({concept.name for concept in resolved}) < len(resolved):
             resolve_concepts(data)  # a kohya subfolder named like another concept: the engine's own error
         return resolved
@@ -686,6 +689,11 @@ def scaled_lr_note(preview: Preview | None) -> str:
         return ""
     return preview.plan.lr_scale_note.split(" (")[0].split(" ", 2)[2]
 
+
+
+def trains_on_captions(preview: Preview | None) -> bool:
+    """Whether the (last valid) preview's model reads captions: text-to-image models; True before any."""
+    return preview is None or preview.plan.model_type in TEXT_TO_IMAGE_TYPES
 
 
 def concept_lines(preview: Preview | None) -> list[str]:

@@ -196,10 +196,11 @@ class ConceptsPanel(ctk.CTkFrame):
             "one folder: the Dataset folder field. Add folders to train several concepts (each with its own "
             "repeats or samples, captions and loss weight) or regularization images"))
 
-    def show_counts(self, counts) -> None:
-        """Each concept's counts (`ConceptCount`s, in list order)."""
+    def show_counts(self, counts, with_captions: bool = True) -> None:
+        """Each concept's counts (`ConceptCount`s, in list order); the caption count only where the model
+        trains on captions."""
         for row, count in zip(self.rows, counts):
-            row.set_counts(count.describe(), problem=bool(count.error))
+            row.set_counts(count.describe(with_captions), problem=bool(count.error))
 
     def set_message(self, message: str | None) -> None:
         """A problem of the list as a whole (data.path and data.concepts both set), under the hint."""

@@ -25,7 +25,13 @@ from ui.controllers.fields import (
     TRAINING_FIELDS,
     active_scheduler_keys,
 )
-from ui.controllers.preset_draft import PresetDraft, PreviewState, concept_error_target, scaled_lr_note
+from ui.controllers.preset_draft import (
+    PresetDraft,
+    PreviewState,
+    concept_error_target,
+    scaled_lr_note,
+    trains_on_captions,
+)
 from ui.views.concepts_panel import ConceptsPanel
 from ui.views.fields_panel import FieldRow, FieldsPanel, ParamGroupsEditor
 from ui.views.preview_panel import PreviewPanel
@@ -165,7 +171,7 @@ class SettingsTabs:
         self._mark_errors(state)
         self.field_row("optimizer.lr").set_note(scaled_lr_note(state.preview if state.fresh else None))
         self.data_tab.show_counts(state, self._draft)
-        self.data_tab.concepts_panel.show_counts(state.concept_counts)
+        self.data_tab.concepts_panel.show_counts(state.concept_counts, trains_on_captions(state.preview))
 
     def _mark_errors(self, state: PreviewState) -> None:
         key = state.error_key if state.error else None
