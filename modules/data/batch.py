@@ -9,10 +9,10 @@ With the latent cache the pixels are not decoded: `latent_parameters` holds
 what the VAE made of them (`modules.data.caches`).
 
 Per-sample data travels with the batch, in sample order: `captions` (read by
-the data side from the caption files; None for a family that takes no
-captions), `concepts` (the image folder each sample comes from, named after
-it: one concept today, `data.path`) and `loss_weights` (the factor of each
-sample's loss in the micro-batch's mean; 1.0 today). The family reads them
+the data side from the caption files, its concept's caption options applied;
+None for a family that takes no captions), `concepts` (the name of the concept
+each sample comes from, `modules.data.concepts`) and `loss_weights` (the factor
+of each sample's loss in the micro-batch's mean: its concept's `loss_weight`). The family reads them
 here: it never lists the dataset.
 """
 
@@ -37,7 +37,7 @@ class MicroBatch:
     latent_parameters: torch.Tensor | None = None
     pixel_size: tuple[int, int] | None = None
     captions: list[str] | None = None          # each sample's caption (before caption dropout)
-    concepts: list[str] | None = None          # the concept (image folder name) of each sample
+    concepts: list[str] | None = None          # the concept name of each sample
     loss_weights: list[float] | None = None    # each sample's loss weight; None: all 1.0
 
     @property

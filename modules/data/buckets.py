@@ -48,9 +48,9 @@ def bucket_resolutions(resolution: int, step: int, max_aspect: float) -> list[tu
     return sorted(found, key=lambda size: (size[0] / size[1], size[0]))
 
 
-def assign_buckets(sizes: list[tuple[int, int]], buckets: list[tuple[int, int]]) -> np.ndarray:
+def assign_buckets(sizes: "list[tuple[int, int]] | np.ndarray", buckets: list[tuple[int, int]]) -> np.ndarray:
     """The index into `buckets` of each image's bucket (int64, one per size)."""
-    if not sizes:
+    if len(sizes) == 0:
         return np.zeros(0, dtype=np.int64)
     dimensions = np.asarray(sizes, dtype=np.float64)
     image_aspects = np.log(dimensions[:, 0] / dimensions[:, 1])

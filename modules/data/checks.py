@@ -120,11 +120,11 @@ def _smaller_than_training(preset, concept) -> list[tuple[str, tuple[int, int], 
     """[(path, (width, height), training (width, height))] of the images smaller than their training size."""
     if concept.sizes is None or not concept.files:
         return []
-    sizes = np.asarray(concept.sizes, dtype=np.int64).reshape(-1, 2)
+    sizes = concept.size_array
     resolution, data = preset.model.resolution, preset.data
     if data.buckets:
         resolutions = bucket_resolutions(resolution, data.bucket_step, data.bucket_max_aspect)
-        targets = np.asarray(resolutions, dtype=np.int64)[assign_buckets(list(concept.sizes), resolutions)]
+        targets = np.asarray(resolutions, dtype=np.int64)[assign_buckets(sizes, resolutions)]
     else:
         targets = np.full_like(sizes, resolution)
     small = np.flatnonzero((sizes < targets).any(axis=1))
@@ -133,9 +133,12 @@ def _smaller_than_training(preset, concept) -> list[tuple[str, tuple[int, int], 
 
 def _shared_stems(files) -> list[tuple[str, list[str]]]:
     """[(folder/stem, [paths])] of the images that share a file name without extension."""
+    stems = [path[:path.rfind(".")] for path in files]  # every listed file has an image extension
+    if len(set(stems)) == len(stems):
+        return []  # the usual case, checked at the speed of a set (a re-plan of 100,000 images)
     groups: dict[str, list[str]] = {}
-    for path in files:
-        groups.setdefault(os.path.splitext(path)[0], []).append(path)
+    for stem, path in zip(stems, files):
+        groups.setdefault(stem, []).append(path)
     return [(stem, paths) for stem, paths in groups.items() if len(paths) > 1]
 
 

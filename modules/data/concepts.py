@@ -35,11 +35,12 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from functools import cached_property
 
 import numpy as np
 
 from modules.config.preset import ConceptSection
-from modules.data.listing import scan_image_files
+from modules.data.listing import scan_image_files, walk_folder
 from modules.data.sizes import image_sizes
 from modules.errors import ConfigError
 
@@ -65,6 +66,11 @@ class Concept:
     kohya_folder: str | None = None       # the outer folder read with the kohya layout
     skipped: tuple[str, ...] = ()         # files of an unsupported image type
     sizes: tuple[tuple[int, int], ...] | None = field(default=None, compare=False)  # (width, height) per file
+
+    @cached_property
+    def size_array(self) -> np.ndarray:
+        """`sizes` as an int64 array (N, 2): bucket assignment and the checks read it without converting."""
+        return np.asarray(self.sizes, dtype=np.int64).reshape(-1, 2)
 
     @property
     def trains(self) -> bool:
@@ -120,31 +126,49 @@ def resolve_concepts(data, read_sizes: bool = False) -> list[Concept]:
 def kohya_subfolders(folder: str) -> list[tuple[int, str, str]] | None:
     """[(repeats, name, path)] of a folder whose immediate subfolders are all `<N>_<name>`, else None."""
     try:
-        entries = sorted((entry.name, entry.path) for entry in os.scandir(folder)
-                         if entry.is_dir() and not entry.name.startswith("."))
+        names = sorted(entry.name for entry in os.scandir(folder)
+                       if not entry.name.startswith(".") and entry.is_dir())
     except OSError:
         return None
-    matches = [(KOHYA_FOLDER.match(name), path) for name, path in entries]
+    return _kohya_names(folder, names)
+
+
+def _kohya_names(folder: str, names: list[str]) -> list[tuple[int, str, str]] | None:
+    matches = [(KOHYA_FOLDER.match(name), name) for name in names]
     if not matches or not all(match for match, _ in matches):
         return None
-    return [(int(match.group(1)), match.group(2), path) for match, path in matches]
+    return [(int(match.group(1)), match.group(2), os.path.join(folder, name)) for match, name in matches]
 
 
 def _resolve_one(concept: ConceptSection, key: str, layout: str, read_sizes: bool) -> list[Concept]:
-    subfolders = kohya_subfolders(concept.path) if layout == "auto" else None
+    # One walk of the folder serves both readings: a kohya folder's listing is split by subfolder.
+    scan = walk_folder(concept.path, key, allow_empty=layout == "auto")
+    files, skipped = scan.files, scan.skipped
+    subfolders = _kohya_names(concept.path, scan.subfolders) if layout == "auto" else None
     if subfolders is None:
-        return [_listed(concept, concept.path, key, concept.display_name, concept.repeats, None, read_sizes)]
+        if not files:
+            scan_image_files(concept.path, key)  # the error of a folder without images
+        return [_listed(concept, concept.path, key, concept.display_name, concept.repeats, None, read_sizes,
+                        files, skipped)]
     if concept.samples is not None:
         raise ConfigError(f"'{concept.path}' is read with the kohya layout (one concept per N_name subfolder), "
                           "which gives repeats, not samples: set repeats, or data.layout to 'flat'",
                           key.rsplit(".", 1)[0] + ".samples")
     outer = 1 if concept.repeats is None else concept.repeats
-    return [_listed(concept, path, key, name, repeats * outer, concept.path, read_sizes)
-            for repeats, name, path in subfolders]
+    resolved = []
+    for repeats, name, path in subfolders:
+        prefix = os.path.basename(path) + "/"
+        own = [(relative[len(prefix):], full) for relative, full in files if relative.startswith(prefix)]
+        own_skipped = [full for full in skipped if full.startswith(path + os.sep)]
+        if not own:
+            scan_image_files(path, key)  # the error of a subfolder without images
+        resolved.append(_listed(concept, path, key, name, repeats * outer, concept.path, read_sizes, own,
+                                own_skipped))
+    return resolved
 
 
-def _listed(concept: ConceptSection, folder: str, key: str, name: str, repeats, kohya_folder, read_sizes) -> Concept:
-    files, skipped = scan_image_files(folder, key)
+def _listed(concept: ConceptSection, folder: str, key: str, name: str, repeats, kohya_folder, read_sizes,
+            files, skipped) -> Concept:
     paths = tuple(path for _, path in files)
     if concept.samples is None and repeats is None:
         repeats = 1

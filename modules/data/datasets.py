@@ -1,8 +1,9 @@
 """Training data: the step plan's image listing, read from disk as training goes, in the plan's micro-batches.
 
 Contract:
-- The files are `list_images(data.path)`, the listing the step plan counted.
-  Before training, the header of every file is read (`modules.data.sizes`,
+- The files are those of the train and regularization concepts
+  (`modules.data.concepts.resolve_concepts`, the listing the step plan counted), concatenated in
+  concept order. Before training, the header of every file is read (`modules.data.sizes`,
   through its size index): an unreadable one is a ConfigError naming its
   path. Pixels are decoded only when their micro-batch is due (`stream`: a
   torch DataLoader with `data.num_workers` workers, prefetching), so memory
@@ -11,12 +12,15 @@ Contract:
   `data.buckets` its aspect-ratio bucket (`modules.data.buckets`). It is turned
   upright (EXIF orientation), converted to RGB, resized to cover that size
   (bicubic) and centre-cropped.
-- An epoch holds S = N * repeats samples; sample i shows image i % N. Its
-  order is drawn from (seed, epoch) only, so any process can rebuild it at
+- An epoch holds S = the sum of the concepts' samples per epoch; which image
+  each sample shows is `modules.data.concepts.epoch_images` (one concept with
+  whole repeats: sample i shows image i % N), drawn from (seed, epoch, concept)
+  with per-bucket counts fixed, so the plan holds in every epoch. The order is
+  drawn from (seed, epoch) only, so any process can rebuild it at
   any time (resume needs no saved sampler state): a permutation, or with
   buckets `modules.data.buckets.bucketed_epoch` (shuffled within buckets, the
-  micro-batches shuffled across buckets), flattened so that the slicing
-  below holds for both.
+  micro-batches shuffled across buckets, train and regularization samples
+  mixed), flattened so that the slicing below holds for both.
 - Micro-batch j of the epoch covers order positions [j*B*W, (j+1)*B*W);
   process `rank` takes the B positions starting at j*B*W + rank*B. Without
   buckets, positions past S wrap to the start of the order, so every process
@@ -33,10 +37,15 @@ Contract:
   with `dataset.latent_cache` set (`modules.data.caches`), a micro-batch
   carries the stored VAE latent parameters of its samples and no pixels.
 - Per-sample data travels in the micro-batch: each sample's caption (read
-  once at start with `modules.data.captions`, for the families of
-  `modules.families.registry` that take captions; a missing or unreadable
-  caption is a ConfigError before training), its concept (the image folder's
-  name: one concept, `data.path`, today) and its loss weight (1.0 today).
+  once at start with `modules.data.captions`, each concept with its own extension
+  and default caption, for the families of `modules.families.registry` that take
+  captions; a missing or unreadable caption is a ConfigError before training),
+  with its concept's tag shuffling, tag dropout and own caption dropout applied
+  (`modules.data.captions.transform_caption`, drawn from (seed, global micro-batch,
+  rank, CAPTION_STREAM)); its concept's name; its concept's loss weight. A flip is
+  drawn for every sample and applied where its concept flips.
+- `concept_counts` counts each concept's samples in an epoch's first micro-batches
+  over every process: what the trainer logs as data/samples/<concept>.
 """
 
 import multiprocessing

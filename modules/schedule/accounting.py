@@ -112,7 +112,7 @@ def count_bucket_samples(preset: Preset, trained: list[Concept]) -> tuple[tuple[
     images = np.zeros(len(resolutions), dtype=np.int64)
     samples = np.zeros(len(resolutions), dtype=np.int64)
     for concept in trained:
-        assigned = assign_buckets(list(concept.sizes), resolutions)
+        assigned = assign_buckets(concept.size_array, resolutions)
         images += np.bincount(assigned, minlength=len(resolutions))
         samples += samples_per_bucket(concept, assigned, len(resolutions))
     used = np.flatnonzero(images)

@@ -136,8 +136,10 @@ def bucket_lines(plan: StepPlan, max_listed: int = 12) -> list[str]:
 
 
 def build_preview(preset: Preset, num_images: int | None = None,
-                  image_sizes: list[tuple[int, int]] | None = None) -> Preview:
-    plan = build_step_plan(preset, num_images, image_sizes)
+                  image_sizes: list[tuple[int, int]] | None = None, concepts: list | None = None) -> Preview:
+    """The preview of `preset`; the counts as `build_step_plan` takes them (`concepts`: resolved by
+    `modules.data.concepts.resolve_concepts`, for a caller that lists the folders itself)."""
+    plan = build_step_plan(preset, num_images, image_sizes, concepts)
     return Preview(preset, plan, build_lr_curve(plan, preset.optimizer))
 
 
