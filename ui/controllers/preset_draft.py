@@ -46,9 +46,7 @@ from modules.data.checks import check_dataset, check_preset
 from modules.data.concepts import resolve_concepts
 from modules.errors import ConfigError
 from modules.families.model_types import TEXT_TO_IMAGE_TYPES
-from modules.schedule.lr_curve import build_lr_curve
 from modules.schedule.preview import Preview, build_preview
-from modules.schedule.step_plan import build_step_plan
 from ui.controllers.fields import (
     ALL_FIELDS,
     CONCEPT_CAPTION_KEYS,
@@ -563,9 +561,7 @@ class PresetDraft:
         if not preset.data.concepts:
             return build_preview(preset, count, sizes), ()
         concepts = self._resolved_concepts(preset)
-        warnings = tuple(check_dataset(preset, concepts))
-        plan = build_step_plan(preset, concepts=concepts)
-        return Preview(preset, plan, build_lr_curve(plan, preset.optimizer)), warnings
+        return build_preview(preset, concepts=concepts), tuple(check_dataset(preset, concepts))
 
     def _resolved_concepts(self, preset: Preset) -> list:
         """`modules.data.concepts.resolve_concepts` of the preset, one concept at a time, each cached by its
