@@ -13,8 +13,18 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from modules.config.preset import (DEFAULT_GROUP_NAME, GROUP_COMPONENTS, MODEL_CONFIGS, MODEL_TYPES, OPTIMIZER_TYPES,
-                                   SCHEDULER_TYPES, TRAINING_METHODS)
+from modules.config.preset import (
+    CONCEPT_TYPES,
+    DATA_LAYOUTS,
+    DEFAULT_GROUP_NAME,
+    GROUP_COMPONENTS,
+    INHERITED_CONCEPT_KEYS,
+    MODEL_CONFIGS,
+    MODEL_TYPES,
+    OPTIMIZER_TYPES,
+    SCHEDULER_TYPES,
+    TRAINING_METHODS,
+)
 
 NONE_CHOICE = "(none)"
 DURATION_HINT = 'steps, "10%" of the run or "1.5 epochs"'
@@ -35,6 +45,9 @@ class FieldSpec:
 DATA_MODEL_FIELDS = (
     FieldSpec("data.path", "Dataset folder", "folder", "images in this folder and its subfolders"),
     FieldSpec("data.repeats", "Repeats", "int", "each image is seen this many times per epoch"),
+    FieldSpec("data.layout", "Folder layout", "choice",
+              "auto: subfolders all named N_name (kohya) are concepts with repeats N; flat: one folder",
+              choices=DATA_LAYOUTS),
     FieldSpec("data.drop_last", "Drop last batch", "bool", "skip the last, incomplete batch of each epoch"),
     FieldSpec("data.flip", "Random flip", "bool", "mirror images at random (augmentation)"),
     FieldSpec("data.buckets", "Aspect buckets", "bool",
@@ -61,7 +74,46 @@ DATA_MODEL_FIELDS = (
               "for images without a caption file; empty: such an image is an error", optional=True),
     FieldSpec("data.caption_dropout", "Caption dropout", "float",
               "probability that a sample trains with the empty caption (0..1)"),
+    FieldSpec("data.shuffle_tags", "Shuffle tags", "bool", "split captions into tags; shuffle all but the kept ones"),
+    FieldSpec("data.keep_tags", "Keep tags", "int", "the first this many tags stay in place"),
+    FieldSpec("data.tag_separator", "Tag separator", "text", 'what separates tags, e.g. ","'),
+    FieldSpec("data.tag_dropout", "Tag dropout", "float", "probability that a tag not kept is dropped (0..1)"),
 )
+# The caption options of data.*: the defaults of every concept that leaves them out.
+DATA_CAPTION_KEYS = ("data.caption_extension", "data.default_caption", "data.caption_dropout", "data.flip",
+                     "data.shuffle_tags", "data.keep_tags", "data.tag_separator", "data.tag_dropout")
+
+# One concept of data.concepts (SPEC §10), edited by index in the concepts panel. `key` is the concept's own key.
+# Amount: a concept gives either `repeats` or `samples`; the panel shows one entry and a switch between the two.
+CONCEPT_AMOUNT_KINDS = ("repeats", "samples")
+CONCEPT_FIELDS = {
+    "name": FieldSpec("name", "Name", "text", "unique; empty: the folder's name", optional=True),
+    "path": FieldSpec("path", "Folder", "folder", "images in this folder and its subfolders"),
+    "type": FieldSpec("type", "Type", "choice", "train, regularization (class images) or validation (never trained)",
+                      choices=CONCEPT_TYPES),
+    "repeats": FieldSpec("repeats", "Repeats", "float",
+                         "per epoch each image this many times; a fraction takes a seeded subset"),
+    "samples": FieldSpec("samples", "Samples", "int", "exactly this many samples per epoch, cycling the images"),
+    "loss_weight": FieldSpec("loss_weight", "Loss weight", "float",
+                             "each sample's loss times this (the prior-preservation weight)"),
+    "caption_extension": FieldSpec("caption_extension", "Caption extension", "text", "the caption of x.png is x + this"),
+    "default_caption": FieldSpec("default_caption", "Default caption", "text",
+                                 "for images without a caption file; empty: such an image is an error",
+                                 optional=True),
+    "caption_dropout": FieldSpec("caption_dropout", "Caption dropout", "float",
+                                 "probability that a sample trains with the empty caption (0..1)"),
+    "flip": FieldSpec("flip", "Random flip", "bool", "mirror this concept's images at random"),
+    "shuffle_tags": FieldSpec("shuffle_tags", "Shuffle tags", "bool",
+                              "split the caption into tags and shuffle all but the kept ones"),
+    "keep_tags": FieldSpec("keep_tags", "Keep tags", "int", "the first this many tags stay in place"),
+    "tag_separator": FieldSpec("tag_separator", "Tag separator", "text", 'what separates tags, e.g. ","'),
+    "tag_dropout": FieldSpec("tag_dropout", "Tag dropout", "float", "probability that a tag not kept is dropped"),
+}
+# Caption options in the detail area of a concept (its compact row holds name, type, amount and loss weight).
+CONCEPT_CAPTION_KEYS = ("caption_extension", "default_caption", "caption_dropout", "flip", "shuffle_tags",
+                        "keep_tags", "tag_separator", "tag_dropout")
+# A concept leaves these out to inherit the data.* value of the same name (SPEC §10).
+CONCEPT_INHERITED_KEYS = INHERITED_CONCEPT_KEYS
 
 # Text-to-image models (stable_diffusion, stable_diffusion_xl): how they train. The lora.* rows are
 # shown only with training.method "lora" (a LoRA option with "full" is an error).

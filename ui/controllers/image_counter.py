@@ -35,7 +35,7 @@ Result = int | list[tuple[int, int]] | CaptionSummary | ConfigError
 COUNT, SIZES, CAPTIONS = "count", "sizes", "captions:"
 
 
-def _folder_key(folder: str, kind: str = COUNT) -> tuple[str, int | None, str]:
+def folder_key(folder: str, kind: str = COUNT) -> tuple[str, int | None, str]:
     path = Path(folder).expanduser().resolve()
     try:
         modified_ns = os.stat(path).st_mtime_ns
@@ -62,8 +62,13 @@ class ImageCounter:
         """The (width, height) of every image of `folder`, its error, or None while they are read."""
         return self._lookup(folder, SIZES)
 
+    def cached(self, folder: str, kind: str = COUNT) -> Result | None:
+        """The known result for `folder`, without starting a count (None when it is not known)."""
+        with self._lock:
+            return self._results.get(folder_key(folder, kind))
+
     def _lookup(self, folder: str, kind: str) -> Result | None:
-        key = _folder_key(folder, kind)
+        key = folder_key(folder, kind)
         with self._lock:
             if key in self._results:
                 return self._results[key]

@@ -22,6 +22,7 @@ the curve exports are the CLI's (`LrCurve.write_csv`, `ui.curve_plot`).
 """
 
 import copy
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from modules.config.preset import (
+    ConceptSection,
+    DataSection,
     Preset,
+    concept_folder_name,
     migrate,
     misplaced_keys,
     read_preset_file,
@@ -38,12 +42,16 @@ from modules.config.preset import (
     validate_preset,
 )
 from modules.data.captions import CaptionSummary
-from modules.data.checks import check_preset
+from modules.data.checks import check_dataset, check_preset
+from modules.data.concepts import resolve_concepts
 from modules.errors import ConfigError
 from modules.families.model_types import TEXT_TO_IMAGE_TYPES
 from modules.schedule.preview import Preview, build_preview
 from ui.controllers.fields import (
     ALL_FIELDS,
+    CONCEPT_CAPTION_KEYS,
+    CONCEPT_FIELDS,
+    CONCEPT_INHERITED_KEYS,
     PARAM_GROUP_DEFAULTS,
     PARAM_GROUP_FIELDS,
     SCHEDULER_FIELDS,
@@ -52,7 +60,7 @@ from ui.controllers.fields import (
     format_value,
     parse_text,
 )
-from ui.controllers.image_counter import CaptionCounter, ImageCounter
+from ui.controllers.image_counter import CaptionCounter, ImageCounter, folder_key
 
 DEFAULTS = Preset().to_json_dict()
 PIECEWISE_EXAMPLE = [[0, 1.0], ["50%", 0.1]]
@@ -63,6 +71,11 @@ REQUIRED_FOR_TYPE = {"sine": ("scheduler.period", "1 epochs"), "piecewise_consta
                                                                                         PIECEWISE_EXAMPLE),
                      "sequence": ("scheduler.phases", SEQUENCE_EXAMPLE)}
 NO_WARMUP_TYPES = ("custom", "sequence")
+CONCEPT_PANEL_KEYS = ("name", "path", "type", "amount", "loss_weight", *CONCEPT_CAPTION_KEYS)
+# A concept's values when it leaves a key out (declared in the preset model; the caption keys inherit data.*;
+# neither repeats nor samples: repeats 1).
+CONCEPT_DEFAULTS = {**{name: spec.default for name, spec in ConceptSection.model_fields.items()
+                       if not spec.is_required()}, "repeats": 1}
 COUNTING = CaptionSummary(0, 0)  # the caption count is still running  # their curve holds any warmup: the hidden warmup field is set to 0
 
 
@@ -90,6 +103,30 @@ class PreviewState:
     # Text-to-image models: how many images have a caption file (None: not one, or still counting).
     captions: CaptionSummary | None = None
     counting_captions: bool = False
+    # data.concepts: each concept's image and caption counts, in list order (empty without concepts).
+    concept_counts: tuple["ConceptCount", ...] = ()
+
+
+@dataclass(frozen=True)
+class ConceptCount:
+    """What the concepts panel shows beside one concept: its folder's images and caption files."""
+
+    images: int | None = None  # None while counting or when the folder is unreadable
+    error: str | None = None  # the folder's problem (it does not exist, an unreadable image)
+    captions: CaptionSummary | None = None  # None while counting
+    counting: bool = False
+
+    def describe(self, with_captions: bool = True) -> str:
+        """'12 images, 10 captioned' ('12 images' when captions are not trained on), 'counting ...', or the
+        folder's problem."""
+        if self.error:
+            return self.error
+        if self.images is None:
+            return "counting ..."
+        text = f"{self.images} image{'s' * (self.images != 1)}"
+        if with_captions and self.captions is not None and self.captions.error is None:
+            text += f", {self.captions.with_caption} captioned"
+        return text
 
 
 def app_start_refusal(preset: Preset) -> tuple[str, str] | None:
@@ -131,6 +168,27 @@ class UnknownKey:
         if self.belongs_at:
             return f"{self.key} (belongs in {self.belongs_at}: it can be moved there)"
         return f"{self.key} (did you mean '{self.suggestion}'?)" if self.suggestion else self.key
+
+
+def _resolve_one_concept(concept: ConceptSection, index: int, layout: str) -> list:
+    """Concept `index` resolved alone (its kohya subfolders too, with every image size), its keys and
+    errors naming `data.concepts.<index>`."""
+    try:
+        found = resolve_concepts(DataSection(concepts=[concept], layout=layout), read_sizes=True)
+    except ConfigError as error:
+        key = (error.key or "").replace("data.concepts.0", f"data.concepts.{index}", 1) or None
+        raise ConfigError(error.args[0], key) from None
+    return [replace(item, key=item.key.replace("data.concepts.0", f"data.concepts.{index}", 1)) for item in found]
+
+
+def concept_error_target(key: str | None) -> tuple[int, str | None] | None:
+    """The concept and the panel input a validator key names: "data.concepts.2.samples" -> (2, "amount")
+    (repeats and samples share the amount entry), "data.concepts.2" -> (2, None); else None."""
+    parts = (key or "").split(".")
+    if parts[:2] != ["data", "concepts"] or len(parts) < 3 or not parts[2].isdigit():
+        return None
+    field = parts[3] if len(parts) > 3 else None
+    return int(parts[2]), "amount" if field in ("repeats", "samples") else field
 
 
 def unknown_keys(raw: dict) -> list[UnknownKey]:
@@ -185,6 +243,8 @@ class PresetDraft:
         self.last_valid: Preview | None = None
         self.revision = 0
         self._clean_raw = copy.deepcopy(self.raw)  # the draft as last loaded or saved
+        self._resolved: dict[tuple, list] = {}  # each concept's resolved folder (`_resolved_concepts`)
+        self._resolved_lock = threading.Lock()
 
     @property
     def modified(self) -> bool:
@@ -273,6 +333,133 @@ class PresetDraft:
         del groups[index]
         self.revision += 1
 
+    # --- data.concepts (the concepts panel) -----------------------------------------
+
+    def concepts(self) -> list[dict]:
+        """The raw concepts of the draft (a list of dicts; empty when it has none)."""
+        concepts = _get(self.raw, "data.concepts")
+        return concepts if isinstance(concepts, list) else []
+
+    def concept_value(self, index: int, key: str) -> Any:
+        """Concept `index`'s value for `key`, or what it inherits: data.* for the caption keys and flip,
+        the folder's name for `name`, else the preset model's default."""
+        concept = self.concepts()[index]
+        concept = concept if isinstance(concept, dict) else {}
+        if key in concept:
+            return concept[key]
+        if key in CONCEPT_INHERITED_KEYS:
+            return self.value(f"data.{key}")
+        if key == "name":
+            return concept_folder_name(concept["path"]) if concept.get("path") else None
+        return CONCEPT_DEFAULTS.get(key)
+
+    def concept_amount_kind(self, index: int) -> str:
+        """"samples" when concept `index` gives samples per epoch, else "repeats"."""
+        concept = self.concepts()[index]
+        return "samples" if isinstance(concept, dict) and "samples" in concept else "repeats"
+
+    def concept_text(self, index: int, key: str) -> Any:
+        """What the concepts panel shows for `key` of concept `index` (a bool for check boxes);
+        key "amount" is the repeats or the samples, whichever the concept gives."""
+        if key == "amount":
+            key = self.concept_amount_kind(index)
+        return format_value(CONCEPT_FIELDS[key], self.concept_value(index, key))
+
+    def concept_texts(self, index: int) -> dict[str, Any]:
+        """Everything the concepts panel shows of concept `index`: its row and its detail area."""
+        texts = {key: self.concept_text(index, key) for key in CONCEPT_PANEL_KEYS}
+        texts["amount_kind"] = self.concept_amount_kind(index)
+        return texts
+
+    def _concepts_raw(self) -> list:
+        concepts = copy.deepcopy(self.concepts())
+        self.set_value("data.concepts", concepts)
+        return concepts
+
+    def set_concept_text(self, index: int, key: str, text: Any) -> None:
+        """Record what the user entered for `key` of concept `index` ("amount": its repeats or samples;
+        "amount_kind": switch between "repeats" and "samples")."""
+        if key == "amount_kind":
+            self.set_concept_amount_kind(index, text)
+            return
+        if key == "amount":
+            key = self.concept_amount_kind(index)
+        concept = self._concepts_raw()[index]
+        value = parse_text(CONCEPT_FIELDS[key], text)
+        if value is None and key in ("name", "default_caption"):
+            concept.pop(key, None)  # empty: the folder's name / the data.* default again
+        else:
+            concept[key] = value
+        self.revision += 1
+
+    def set_concept_amount_kind(self, index: int, kind: str) -> None:
+        """Switch concept `index` between `repeats` and `samples` (one of them, never both). Switching to
+        samples starts from the samples per epoch it gives now (its images x repeats, when counted)."""
+        concept = self._concepts_raw()[index]
+        if kind == self.concept_amount_kind(index):
+            return
+        if kind == "samples":
+            repeats = concept.pop("repeats", 1)
+            images = self.counter.cached(str(concept.get("path") or ""))
+            per_epoch = int(images * repeats) if isinstance(images, int) and isinstance(repeats, (int, float)) else 1
+            concept["samples"] = max(1, per_epoch)
+        else:
+            concept.pop("samples", None)
+            concept["repeats"] = 1
+        self.revision += 1
+
+    def add_concept(self, path: str) -> int:
+        """Add a concept for folder `path` (type train, named after the folder, unique); returns its index.
+        A draft with data.path alone first turns that folder into concept 0 (both set is an error)."""
+        concepts = self._concepts_raw()
+        data = self.raw["data"]
+        if not concepts and data.get("path"):
+            first = {"name": concept_folder_name(str(data["path"])) or "concept", "path": data.pop("path")}
+            repeats = data.pop("repeats", 1)
+            if repeats != 1:
+                first["repeats"] = repeats
+            concepts.append(first)
+        names = {concept.get("name") for concept in concepts if isinstance(concept, dict)}
+        base = concept_folder_name(path) or "concept"
+        name, number = base, 2
+        while name in names:
+            name, number = f"{base}_{number}", number + 1
+        concepts.append({"name": name, "path": path})
+        self.revision += 1
+        return len(concepts) - 1
+
+    def remove_concept(self, index: int) -> None:
+        """Remove concept `index`; removing the last one leaves a draft with no data.concepts key."""
+        concepts = self._concepts_raw()
+        del concepts[index]
+        if not concepts:
+            del self.raw["data"]["concepts"]
+        self.revision += 1
+
+    def concept_counts(self, raw: dict) -> tuple[ConceptCount, ...]:
+        """Each concept's image and caption counts (thread-safe: counting starts on the counters' workers
+        and reads None until it is done)."""
+        concepts = _get(raw, "data.concepts")
+        if not isinstance(concepts, list):
+            return ()
+        data = raw.get("data", {})
+        counts = []
+        for concept in concepts:
+            path = concept.get("path") if isinstance(concept, dict) else None
+            if not isinstance(path, str) or not path:
+                counts.append(ConceptCount(error="no folder"))
+                continue
+            extension = concept.get("caption_extension", data.get("caption_extension", DEFAULTS["data"][
+                "caption_extension"]))
+            images = self.counter.lookup(path)
+            extension = extension if isinstance(extension, str) else ""
+            captions = self.caption_counter.lookup(path, extension) if extension else None
+            counts.append(ConceptCount(images if isinstance(images, int) else None,
+                                       images.args[0] if isinstance(images, ConfigError) else None,
+                                       captions if isinstance(captions, CaptionSummary) else None,
+                                       counting=images is None or (extension and captions is None)))
+        return tuple(counts)
+
     def unknown_keys(self) -> list[UnknownKey]:
         return unknown_keys(self.raw)
 
@@ -312,7 +499,17 @@ class PresetDraft:
 
     def compute(self, raw: dict, revision: int = 0) -> PreviewState:
         """The preview of `raw`, or what is wrong with it. Reads nothing of the draft but its image
-        counter (thread-safe), so it may run off the GUI thread; `accept` merges the result."""
+        counters (thread-safe), so it may run off the GUI thread; `accept` merges the result.
+        Each concept's counts come with every state, valid or not (the panel shows them while the
+        user fixes another field); while one still runs, the state says so and the counters are polled."""
+        counts = self.concept_counts(raw)
+        state = self._compute(raw, revision)
+        if not counts:
+            return state
+        return replace(state, concept_counts=counts,
+                       counting_captions=state.counting_captions or any(count.counting for count in counts))
+
+    def _compute(self, raw: dict, revision: int) -> PreviewState:
         empty = _required_but_empty(raw)
         if empty is not None:
             return PreviewState(None, False, f"{empty}: required (enter a value)", empty, revision=revision)
@@ -322,6 +519,9 @@ class PresetDraft:
         except ConfigError as error:
             return PreviewState(None, False, str(error), error.key, revision=revision)
         count, sizes = None, None
+        waiting = self._concepts_counted(preset, revision)
+        if waiting is not None:
+            return waiting
         if preset.data.path:
             lookup = self.counter.lookup_sizes if preset.data.buckets else self.counter.lookup
             found = lookup(preset.data.path)
@@ -335,7 +535,7 @@ class PresetDraft:
                 count = found
         try:
             # num_images None with no data.path: the plan raises "data.path: is not set".
-            preview = build_preview(preset, count, sizes)
+            preview, dataset_warnings = self._build_preview(preset, count, sizes)
             # The curve is computed on first use: here, so that the caller's thread pays for it.
             preview.curve.applied_multipliers, preview.curve.effective_multipliers  # noqa: B018
         except ConfigError as error:
@@ -352,9 +552,56 @@ class PresetDraft:
                                 revision=revision)
         return PreviewState(preview, True, image_count=count, preset=preset,
                             start_refusal=app_start_refusal(preset), revision=revision,
-                            warnings=visible_warnings(preview.plan.warnings, preset.scheduler.type) + caption_warnings,
+                            warnings=visible_warnings(preview.plan.warnings, preset.scheduler.type) + caption_warnings
+                            + dataset_warnings,
                             captions=None if captions is COUNTING else captions,
                             counting_captions=captions is COUNTING)
+
+    def _build_preview(self, preset: Preset, count: int | None, sizes) -> tuple[Preview, tuple[str, ...]]:
+        """The preview, and with data.concepts the dataset checks' warnings (per concept: skipped files,
+        small images, shared caption stems). The concepts are resolved through `_resolved_concepts`."""
+        if not preset.data.concepts:
+            return build_preview(preset, count, sizes), ()
+        concepts = self._resolved_concepts(preset)
+        return build_preview(preset, concepts=concepts), tuple(check_dataset(preset, concepts))
+
+    def _resolved_concepts(self, preset: Preset) -> list:
+        """`modules.data.concepts.resolve_concepts` of the preset, one concept at a time, each cached by its
+        settings, index, layout and folder (its modification time): an edit of one concept lists only its
+        folder again, an edit elsewhere none (the counter has read every header into the size index).
+        The cache keeps only the entries of the newest preset, so typing never piles up listings."""
+        data, resolved, used = preset.data, [], {}
+        for index, concept in enumerate(data.concept_list()):
+            cache_key = (index, concept.model_dump_json(), data.layout, folder_key(concept.path))
+            with self._resolved_lock:
+                found = self._resolved.get(cache_key)
+            if found is None:
+                found = _resolve_one_concept(concept, index, data.layout)
+            used[cache_key] = found
+            resolved.extend(found)
+        with self._resolved_lock:
+            self._resolved = used
+        if len({concept.name for concept in resolved}) < len(resolved):
+            resolve_concepts(data)  # a kohya subfolder named like another concept: the engine's own error
+        return resolved
+
+    def forget_concepts(self) -> None:
+        """Drop the resolved concepts (the "count again" button)."""
+        with self._resolved_lock:
+            self._resolved.clear()
+
+    def _concepts_counted(self, preset: Preset, revision: int) -> PreviewState | None:
+        """With data.concepts: a state that waits while a concept's folder is still counted (the count
+        reads every header into the size index, so the plan then lists the concepts from it quickly),
+        or names a folder's problem at its concept; None when every folder is counted."""
+        for index, concept in enumerate(preset.data.concepts):
+            found = self.counter.lookup(concept.path)
+            if found is None:
+                return PreviewState(None, False, counting=concept.path, preset=preset, revision=revision)
+            if isinstance(found, ConfigError):
+                key = f"data.concepts.{index}.path"
+                return PreviewState(None, False, f"{key}: {found.args[0]}", key, preset=preset, revision=revision)
+        return None
 
     def _captions(self, preset: Preset, preview: Preview) -> tuple[CaptionSummary | None, tuple[str, ...]]:
         """Text-to-image models: the caption count (COUNTING while it runs) and its warnings;
@@ -439,3 +686,18 @@ def scaled_lr_note(preview: Preview | None) -> str:
     if preview is None or not preview.plan.lr_scale_note:
         return ""
     return preview.plan.lr_scale_note.split(" (")[0].split(" ", 2)[2]
+
+
+
+def trains_on_captions(preview: Preview | None) -> bool:
+    """Whether the (last valid) preview's model reads captions: text-to-image models; True before any."""
+    return preview is None or preview.plan.model_type in TEXT_TO_IMAGE_TYPES
+
+
+def concept_lines(preview: Preview | None) -> list[str]:
+    """Under the preview, the CLI's concept table (`Preview.dataset_lines`: every concept's name, type,
+    images, repeats or samples, samples per epoch and share of the epoch); [] for one plain folder."""
+    if preview is None:
+        return []
+    lines = preview.dataset_lines()
+    return [line[2:] for line in lines] if len(lines) > 1 else []

@@ -14,7 +14,7 @@ from matplotlib.backends.backend_tkagg import FigureCanvasTkAgg
 from matplotlib.figure import Figure
 
 from modules.schedule.preview import bucket_lines
-from ui.controllers.preset_draft import PreviewState
+from ui.controllers.preset_draft import PreviewState, concept_lines
 from ui.curve_plot import APP_LINE_POINTS, PreviewPlot, make_preview_figure
 from ui.views.fields_panel import ERROR_COLOR, HINT_COLOR
 
@@ -22,9 +22,18 @@ WARNING_COLOR = ("#a04000", "#f0b45a")
 PREVIEW_LINE_POINTS = APP_LINE_POINTS
 
 
+def fixed_font_family() -> str:
+    """The system's fixed-width family (the concept table is aligned in columns)."""
+    from tkinter import font
+
+    return font.nametofont("TkFixedFont").actual("family")
+
+
 def is_dark() -> bool:
     return ctk.get_appearance_mode() == "Dark"
 
+
+CONCEPT_LINES_SHOWN = 6  # the concept list scrolls beyond this many lines, so the curve keeps its height
 
 # The preview's size in the 1280x800 window (Tk resizes the canvas to its cell); the legend sits beside it.
 PREVIEW_SIZE_INCHES = (6.2, 5.7)
@@ -54,7 +63,12 @@ class PreviewPanel(ctk.CTkFrame):
         self.legend_canvas.get_tk_widget().grid(row=1, column=1, sticky="ns", padx=(0, 8), pady=4)
         self.message = ctk.CTkLabel(self, text="", anchor="w", justify="left", text_color=ERROR_COLOR)
         self.warnings = ctk.CTkLabel(self, text="", anchor="w", justify="left", text_color=WARNING_COLOR)
-        self.warnings.grid(row=3, column=0, columnspan=2, sticky="we", padx=8, pady=(0, 8))
+        self.warnings.grid(row=4, column=0, columnspan=2, sticky="we", padx=8, pady=(0, 8))
+        # One line per concept (name, type, images, repeats or samples, samples per epoch, share), scrolled.
+        self.concepts = ctk.CTkTextbox(self, height=20, wrap="none", activate_scrollbars=True,
+                                       font=ctk.CTkFont(family=fixed_font_family(), size=11), fg_color="transparent")
+        self.concepts.configure(state="disabled")
+        self.concept_text = ""
         self.bind("<Configure>", self._rewrap)
         self.shown = None  # the Preview on screen
 
@@ -82,16 +96,39 @@ class PreviewPanel(ctk.CTkFrame):
             self.plot.render()
             plan = state.preview.plan
             self.summary.configure(text="\n".join([plan.summary(), *(line.strip() for line in bucket_lines(plan))]))
+            self._show_concepts(concept_lines(state.preview))
         if state.fresh:
             self.warnings.configure(text="\n".join(f"warning: {line}" for line in state.warnings))
         if state.error:
             stale = " (the curve shows the last valid settings)" if state.preview is not None else ""
             self.message.configure(text=f"{state.error}{stale}")
-            self.message.grid(row=2, column=0, columnspan=2, sticky="we", padx=8)
+            self.message.grid(row=3, column=0, columnspan=2, sticky="we", padx=8)
         elif state.counting:
             self.message.configure(text=f"counting the images in {state.counting} ...", text_color=HINT_COLOR)
-            self.message.grid(row=2, column=0, columnspan=2, sticky="we", padx=8)
+            self.message.grid(row=3, column=0, columnspan=2, sticky="we", padx=8)
         else:
             self.message.grid_remove()
         if not state.counting:
             self.message.configure(text_color=ERROR_COLOR)
+
+    def _show_concepts(self, lines: list[str]) -> None:
+        """The concept lines under the curve (hidden for one folder). Only a changed text is written, and the
+        box is resized only when its number of lines changes: CTkTextbox redraws (and flushes the pending
+        full draw of the figure) on every resize."""
+        text = "\n".join(lines)
+        if text == self.concept_text:
+            return
+        shown_lines = min(len(lines), CONCEPT_LINES_SHOWN)
+        resize = shown_lines != min(self.concept_text.count("\n") + 1, CONCEPT_LINES_SHOWN) or not self.concept_text
+        self.concept_text = text
+        self.concepts.configure(state="normal")
+        self.concepts.delete("1.0", "end")
+        self.concepts.insert("1.0", text)
+        self.concepts.configure(state="disabled")
+        if resize and lines:
+            line_pixels = self.concepts.cget("font").metrics("linespace") + 1
+            self.concepts.configure(height=line_pixels * shown_lines + 14)
+        if lines:
+            self.concepts.grid(row=2, column=0, columnspan=2, sticky="we", padx=8, pady=(0, 2))
+        else:
+            self.concepts.grid_remove()

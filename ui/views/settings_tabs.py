@@ -25,25 +25,42 @@ from ui.controllers.fields import (
     TRAINING_FIELDS,
     active_scheduler_keys,
 )
-from ui.controllers.preset_draft import PresetDraft, PreviewState, scaled_lr_note
+from ui.controllers.preset_draft import (
+    PresetDraft,
+    PreviewState,
+    concept_error_target,
+    scaled_lr_note,
+    trains_on_captions,
+)
+from ui.views.concepts_panel import ConceptsPanel
 from ui.views.fields_panel import FieldRow, FieldsPanel, ParamGroupsEditor
 from ui.views.preview_panel import PreviewPanel
 
 
 class DataTab(ctk.CTkFrame):
-    """Dataset and model fields; beside them the text-to-image fields (LoRA rows only for "lora")."""
+    """The concepts over the dataset and model fields; beside them the text-to-image fields (LoRA rows only
+    for "lora"). `concept_callbacks` are the `ConceptsPanel`'s (on_add, on_edit, on_remove, on_browse)."""
 
-    def __init__(self, master, on_edit, on_browse, on_recount: Callable[[], None]):
+    def __init__(self, master, on_edit, on_browse, on_recount: Callable[[], None], concept_callbacks):
         super().__init__(master, fg_color="transparent")
-        self.grid_columnconfigure(0, weight=3, uniform="columns")
-        self.grid_columnconfigure(1, weight=2, uniform="columns")
-        self.grid_rowconfigure(0, weight=1)
+        self.grid_columnconfigure(0, weight=2, uniform="columns")  # the concept rows need ~780 pixels
+        self.grid_columnconfigure(1, weight=1, uniform="columns")
+        self.grid_rowconfigure(0, weight=3)  # the concept rows (and one open detail area) over the fields
+        self.grid_rowconfigure(1, weight=2)
+        self.concepts_panel = ConceptsPanel(self, *concept_callbacks)
+        self.concepts_panel.grid(row=0, column=0, sticky="nsew", padx=(0, 6), pady=(0, 6))
         self.data_panel = FieldsPanel(self, DATA_MODEL_FIELDS, on_edit, on_browse, title="Dataset and model")
-        self.data_panel.grid(row=0, column=0, sticky="nsew", padx=(0, 6))
+        self.data_panel.grid(row=1, column=0, sticky="nsew", padx=(0, 6))
         self.data_panel.add_widget(ctk.CTkButton(self.data_panel, text="Count the images again", width=180,
                                                  command=on_recount), sticky="w")
         self.lora_panel = FieldsPanel(self, (METHOD_FIELD, *LORA_FIELDS), on_edit, title="Text-to-image training")
-        self.lora_panel.grid(row=0, column=1, sticky="nsew")
+        self.lora_panel.grid(row=0, column=1, rowspan=2, sticky="nsew")
+
+    def show_concepts(self, draft: PresetDraft) -> None:
+        """The concept rows; with concepts, the single-folder fields (data.path, data.repeats) are hidden."""
+        self.concepts_panel.set_concepts([draft.concept_texts(index) for index in range(len(draft.concepts()))])
+        single = () if draft.concepts() else SINGLE_FOLDER_KEYS
+        self.data_panel.show_only([key for key in self.data_panel.rows if key not in SINGLE_FOLDER_KEYS] + list(single))
 
     def show_method(self, method: str | None) -> None:
         lora_rows = tuple(spec.key for spec in LORA_FIELDS) if method == "lora" else ()
@@ -66,6 +83,9 @@ class DataTab(ctk.CTkFrame):
             row.set_note(state.captions.describe(state.preset.data.default_caption))
         elif state.fresh or not draft.caption_counter.busy:
             row.set_note("")
+
+
+SINGLE_FOLDER_KEYS = ("data.path", "data.repeats")  # data.path alone: one concept; hidden with data.concepts
 
 
 class TrainingTab(ctk.CTkFrame):
@@ -114,7 +134,9 @@ class SettingsTabs:
                  on_find_lr: Callable[[], None]):
         self._draft = draft
         self._on_changed = on_changed
-        self.data_tab = _place(DataTab(tabview.tab("Data & model"), self.edit, self.browse, self.recount))
+        self.data_tab = _place(DataTab(tabview.tab("Data & model"), self.edit, self.browse, self.recount,
+                                       (self.add_concept, self.edit_concept, self.remove_concept,
+                                        self.browse_concept)))
         self.training_tab = _place(TrainingTab(tabview.tab("Training"), self.edit, self.browse, self.edit_group,
                                                self.add_group, self.remove_group))
         self.scheduler_tab = _place(SchedulerTab(tabview.tab("Scheduler"), self.edit, on_find_lr))
@@ -141,6 +163,7 @@ class SettingsTabs:
         self.training_tab.groups_editor.set_groups(self._draft.groups())
         self.scheduler_tab.show_type(self._draft.schedule_type)
         self.data_tab.show_method(self._draft.value("training.method"))
+        self.data_tab.show_concepts(self._draft)
 
     def show_state(self, state: PreviewState) -> None:
         """A computed preview: the curve, the field marks, the scaled-LR note and the counts."""
@@ -148,6 +171,7 @@ class SettingsTabs:
         self._mark_errors(state)
         self.field_row("optimizer.lr").set_note(scaled_lr_note(state.preview if state.fresh else None))
         self.data_tab.show_counts(state, self._draft)
+        self.data_tab.concepts_panel.show_counts(state.concept_counts, trains_on_captions(state.preview))
 
     def _mark_errors(self, state: PreviewState) -> None:
         key = state.error_key if state.error else None
@@ -164,6 +188,9 @@ class SettingsTabs:
             group_index = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
             group_field = parts[3] if len(parts) > 3 else None
         self.training_tab.groups_editor.set_error(group_index, group_field, state.error if in_groups else None)
+        target = concept_error_target(key)
+        self.data_tab.concepts_panel.set_error(*(target or (None, None)), message if target else None)
+        self.data_tab.concepts_panel.set_message(message if key == "data.concepts" else None)
 
     # --- widgets -> draft ----------------------------------------------------------
 
@@ -187,6 +214,40 @@ class SettingsTabs:
         self.training_tab.groups_editor.set_groups(self._draft.groups())
         self._on_changed()
 
+    def add_concept(self) -> None:
+        chosen = filedialog.askdirectory(parent=self.data_tab.winfo_toplevel(), initialdir=".",
+                                         title="Choose a concept's folder")
+        if chosen:
+            self.add_concept_folder(chosen)
+
+    def add_concept_folder(self, path: str) -> None:
+        """A new concept for `path` (a draft with data.path alone turns it into the first concept)."""
+        self._draft.add_concept(path)
+        self.data_tab.show_concepts(self._draft)
+        self._on_changed()
+
+    def edit_concept(self, index: int, key: str, value) -> None:
+        self._draft.set_concept_text(index, key, value)
+        if key == "amount_kind":  # the entry now holds the samples (or the repeats)
+            self.data_tab.concepts_panel.rows[index].set_texts(self._draft.concept_texts(index))
+        self._on_changed()
+
+    def remove_concept(self, index: int) -> None:
+        self._draft.remove_concept(index)
+        self.data_tab.show_concepts(self._draft)
+        self._on_changed()
+
+    def browse_concept(self, index: int) -> None:
+        current = self._draft.concept_value(index, "path") or "."
+        chosen = filedialog.askdirectory(parent=self.data_tab.winfo_toplevel(),
+                                         initialdir=current if Path(current).is_dir() else ".",
+                                         title="Choose the concept's folder")
+        if chosen:
+            self._forget_counts(chosen)
+            self._draft.set_concept_text(index, "path", chosen)
+            self.data_tab.concepts_panel.rows[index].set_texts(self._draft.concept_texts(index))
+            self._on_changed()
+
     def browse(self, key: str) -> None:
         current = self._draft.value(key) or "."
         chosen = filedialog.askdirectory(parent=self.data_tab.winfo_toplevel(),
@@ -199,9 +260,12 @@ class SettingsTabs:
             self.edit(key, chosen)
 
     def recount(self) -> None:
-        path = self._draft.value("data.path")
-        if path:
-            self._forget_counts(path)
+        paths = [self._draft.value("data.path")] + [self._draft.concept_value(index, "path")
+                                                     for index in range(len(self._draft.concepts()))]
+        for path in paths:
+            if isinstance(path, str) and path:
+                self._forget_counts(path)
+        self._draft.forget_concepts()
         self._on_changed()
 
     def _forget_counts(self, path: str) -> None:
