@@ -306,7 +306,8 @@ def report(results: dict, options) -> bool:
     gib = 1024 ** 3
     memory_key = "peak_vram_bytes" if options.device == "cuda" else "peak_bytes"
     memory_name = "peak VRAM GiB" if options.device == "cuda" else "peak RSS GiB"
-    print(f"\nreal-size {options.model} LoRA rank {LORA_RANK}, {options.resolution} px, batch 1, {options.device} "
+    size = "TINY (dry run)" if options.tiny else "real-size"
+    print(f"\n{size} {options.model} LoRA rank {LORA_RANK}, {options.resolution} px, batch 1, {options.device} "
           f"{options.mixed_precision}, {os.cpu_count()} cores; {options.steps} timed steps after {WARMUP_STEPS} "
           "warm-up")
     print(f"{'configuration':40s} {'s/step':>8s} {'steps/s':>8s} {memory_name:>14s}   ratio (time, memory)")
@@ -336,6 +337,8 @@ def parse_arguments(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--keep", type=Path, help="build (or reuse) the pipeline folder and images here")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny pipelines of the same classes instead of real-size ones (a dry run of the script)")
     parser.add_argument("--only", nargs="+", choices=sorted(CONFIGURATIONS), help="measure only these")
     parser.add_argument("--one", choices=sorted(CONFIGURATIONS), help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -350,8 +353,14 @@ def main(argv=None) -> int:
     work = options.keep or Path(tempfile.mkdtemp(prefix="bench_real_size_"))
     try:
         if not (work / options.model / "model_index.json").is_file():
-            print(f"building the {options.model}-size pipeline in {work / options.model} ...", flush=True)
-            build_folder(options.model, work / options.model)
+            print(f"building the {'tiny ' if options.tiny else ''}{options.model}-size pipeline in "
+                  f"{work / options.model} ...", flush=True)
+            if options.tiny:
+                from modules.families.tiny_pipelines import build_tiny_pipeline
+
+                build_tiny_pipeline(PIPELINE_TYPES[options.model], work / options.model)
+            else:
+                build_folder(options.model, work / options.model)
         shutil.rmtree(work / "images", ignore_errors=True)
         make_images(work / "images", options.resolution)
         results = {}

@@ -41,7 +41,7 @@ The seam, in the order the loop uses it:
   width must be (aspect-ratio buckets), or None when the model takes only
   square `model.resolution` input; `family.name` names it in errors.
 - Memory (`modules.training.precision`): `family.cast_frozen_weights(dtype)`
-  puts every frozen weight in `dtype` and keeps the trained ones fp32 (as
+  puts every frozen weight in `dtype` and the trained ones in fp32 (as
   diffusers' cast_training_params); `enable_gradient_checkpointing()` turns it
   on for every trained model component; `offload_cached_components(preset,
   device)` moves what the caches replace off the training device (the names
@@ -106,11 +106,8 @@ class Family:
         return None
 
     def cast_frozen_weights(self, dtype: torch.dtype) -> None:
-        """Every floating-point weight that does not train in `dtype`; trained weights stay as they are (fp32)."""
-        with torch.no_grad():
-            for parameter in self.model.parameters():
-                if not parameter.requires_grad and parameter.is_floating_point():
-                    parameter.data = parameter.data.to(dtype)
+        """Every floating-point weight that does not train in `dtype`, every trained one in fp32."""
+        cast_weights(self.model.parameters(), dtype)
 
     def enable_gradient_checkpointing(self) -> None:
         """Gradient checkpointing in each model component of `self.model` that trains (diffusers or transformers)."""
@@ -162,6 +159,17 @@ class Family:
     def use_text_cache(self, cache) -> None:
         """Read frozen text embeddings from `cache` (`modules.data.caches.TextEmbeddingCache`) from now on."""
         raise NotImplementedError
+
+
+def cast_weights(parameters, frozen_dtype: torch.dtype) -> None:
+    """Frozen floating-point `parameters` to `frozen_dtype`, trained ones to fp32 (diffusers' cast_training_params;
+    a model stored in fp16 / bf16 gets fp32 adapters too). A parameter already in its dtype is left as it is."""
+    with torch.no_grad():
+        for parameter in parameters:
+            if parameter.is_floating_point():
+                wanted = torch.float32 if parameter.requires_grad else frozen_dtype
+                if parameter.dtype != wanted:
+                    parameter.data = parameter.data.to(wanted)
 
 
 def family_class(preset) -> type[Family]:

@@ -48,7 +48,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from modules.errors import ConfigError
 from modules.families.model_types import read_model_index
 from modules.training import checkpoints, paths
-from modules.families.base import Family
+from modules.families.base import Family, cast_weights
 from modules.families import lora as lora_files
 from modules.families.losses import LossModule, Prediction, draw_noise
 from modules.families.unet_models import size_multiple
@@ -391,17 +391,12 @@ class StableDiffusionFamily(Family):
                 module.train(mode)
 
     def cast_frozen_weights(self, dtype: torch.dtype) -> None:
-        """Frozen weights in `dtype`, trained ones (adapters, fully trained modules) untouched in fp32.
+        """Frozen weights in `dtype`, trained ones (adapters, fully trained modules) in fp32.
 
         The VAE stays fp32 with fp16 (the SDXL VAE overflows in fp16, as diffusers' SDXL scripts note).
         """
-        with torch.no_grad():
-            for name, module in self.model.named_children():
-                if name == "vae" and dtype == torch.float16:
-                    continue
-                for parameter in module.parameters():
-                    if not parameter.requires_grad and parameter.is_floating_point():
-                        parameter.data = parameter.data.to(dtype)
+        for name, module in self.model.named_children():
+            cast_weights(module.parameters(), torch.float32 if name == "vae" and dtype == torch.float16 else dtype)
 
     def _cached_components(self, preset) -> list[str]:
         """The components the caches replace: the VAE (latent cache), the frozen text encoders (text cache)."""

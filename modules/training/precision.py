@@ -12,7 +12,8 @@ Contract:
   need autocast: without mixed precision it is a ConfigError naming the key.
 - `set_up_memory(preset, family, accelerator)`, before accelerate prepares the
   model: frozen weights in the frozen dtype, trained weights (LoRA adapters,
-  fully trained modules) kept fp32 (diffusers' `cast_training_params`), then
+  fully trained modules) in fp32 (diffusers' `cast_training_params`; also
+  when the model folder stores fp16 / bf16 weights), then
   `training.gradient_checkpointing` on the trained modules.
 - `release_cached_components(preset, family, accelerator)`, once the caches
   are built: the VAE (`data.cache_latents`) and the frozen text encoders
@@ -61,9 +62,7 @@ def frozen_dtype(preset, accelerator) -> torch.dtype:
 
 def set_up_memory(preset, family, accelerator) -> None:
     """Frozen weights in their dtype (trained ones fp32), then gradient checkpointing; before `prepare`."""
-    dtype = frozen_dtype(preset, accelerator)
-    if dtype != torch.float32:
-        family.cast_frozen_weights(dtype)
+    family.cast_frozen_weights(frozen_dtype(preset, accelerator))
     if preset.training.gradient_checkpointing:
         family.enable_gradient_checkpointing()
     if accelerator.device.type != OFFLOAD_DEVICE.type and accelerator.num_processes > 1:

@@ -158,6 +158,19 @@ def test_a_bf16_run_stopped_and_resumed_ends_bit_for_bit_where_the_straight_run_
     assert scalar_events(straight.output_dir) == scalar_events(resumed.output_dir)
 
 
+def test_a_model_stored_in_bf16_trains_fp32_adapters_and_fp32_frozen_weights_on_cpu(tmp_path, pipelines, captioned,
+                                                                                   watch_family):
+    import diffusers
+
+    pipeline = diffusers.StableDiffusionPipeline.from_pretrained(pipelines["stable_diffusion"], local_files_only=True)
+    pipeline.to(torch.bfloat16).save_pretrained(tmp_path / "bf16", safe_serialization=True)
+    stored = {**pipelines, "stable_diffusion": tmp_path / "bf16"}
+    result, _ = quiet(preset_for(tmp_path, stored, captioned, training={"max_steps": 2}))
+    family = watch_family[-1]
+    assert result.finished and trained_dtypes(family) == {torch.float32}
+    assert {parameter.dtype for parameter in family.model.parameters()} == {torch.float32}  # auto on CPU: fp32
+
+
 def test_frozen_dtype_needs_mixed_precision_one_line(tmp_path, pipelines, captioned):
     with pytest.raises(ConfigError) as error:
         preset_for(tmp_path, pipelines, captioned, model={"frozen_dtype": "bf16"})
@@ -285,3 +298,80 @@ def test_lora_with_text_encoders_and_buckets_on_two_processes_follows_the_previe
     assert set(preview.curve.group_names) >= {"unet", "text_encoder"}
     weights = lora_weights(preset.output.dir)
     assert any("text_encoder" in name for name in weights) and any("unet" in name for name in weights)
+
+
+# --- CUDA (scripts/gpu_check.sh runs these on a GPU machine; skipped elsewhere) ----------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def watch_set_up(monkeypatch):
+    """(family, accelerator) of each `train`, seen when the trainer sets up its memory options."""
+    seen = []
+
+    def set_up_memory(preset, family, accelerator):
+        precision.set_up_memory(preset, family, accelerator)
+        seen.append((family, accelerator))
+
+    monkeypatch.setattr(trainer, "set_up_memory", set_up_memory)
+    return seen
+
+
+def trained_dtypes(family) -> set:
+    return {parameter.dtype for _, group in family.parameter_components() for _, parameter in group}
+
+
+@needs_cuda
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_bf16_frozen_weights_in_bf16_and_lora_weights_fp32(tmp_path, pipelines, captioned, kind, watch_set_up):
+    losses = []
+    preset = preset_for(tmp_path, pipelines, captioned, kind, training={"device": "cuda", "mixed_precision": "bf16",
+                                                                         "max_steps": 3,
+                                                                         "gradient_checkpointing": True})
+    result, _ = quiet(preset, on_step=lambda report: losses.append(report.loss))
+    family, accelerator = watch_set_up[-1]
+    assert result.finished and accelerator.mixed_precision == "bf16" and all(np.isfinite(losses))
+    assert family.pipeline.unet.conv_in.weight.dtype == torch.bfloat16  # frozen_dtype auto on CUDA
+    assert family.pipeline.unet.conv_in.weight.device.type == "cuda"
+    assert trained_dtypes(family) == {torch.float32}
+    assert {value.dtype for value in lora_weights(result.output_dir).values()} == {torch.float32}
+
+
+@needs_cuda
+def test_cuda_fp16_uses_the_grad_scaler_and_keeps_the_vae_fp32(tmp_path, pipelines, captioned, watch_set_up):
+    losses = []
+    preset = preset_for(tmp_path, pipelines, captioned, training={"device": "cuda", "mixed_precision": "fp16",
+                                                                  "max_steps": 3})
+    result, _ = quiet(preset, on_step=lambda report: losses.append(report.loss))
+    family, accelerator = watch_set_up[-1]
+    assert result.finished and accelerator.scaler is not None and all(np.isfinite(losses))
+    assert family.pipeline.unet.conv_in.weight.dtype == torch.float16
+    assert family.pipeline.vae.encoder.conv_in.weight.dtype == torch.float32
+    assert trained_dtypes(family) == {torch.float32}
+
+
+@needs_cuda
+def test_cuda_cached_components_move_to_cpu_and_come_back_for_samples(tmp_path, pipelines, captioned,
+                                                                       watch_set_up):
+    preset = preset_for(tmp_path, pipelines, captioned, training={"device": "cuda", "mixed_precision": "bf16",
+                                                                  "max_steps": 2},
+                        optimizer={"text_encoder_lr": None},
+                        data={"cache_latents": True, "cache_text_embeddings": True},
+                        output={"sample_every": 2, "sample_prompts": ["a photo"]})
+    result, lines = quiet(preset)
+    family, _ = watch_set_up[-1]
+    assert "memory: vae, text_encoder moved to cpu (the caches serve every sample)" in lines
+    assert family.pipeline.vae.device.type == "cpu" and family.pipeline.text_encoder.device.type == "cpu"
+    assert list((result.output_dir / "samples").glob("*.png"))
+
+
+@needs_cuda
+def test_cuda_adamw_8bit_trains_a_lora(tmp_path, pipelines, captioned):
+    pytest.importorskip("bitsandbytes")
+    losses = []
+    preset = preset_for(tmp_path, pipelines, captioned, training={"device": "cuda", "mixed_precision": "bf16",
+                                                                  "max_steps": 3},
+                        optimizer={"type": "adamw_8bit"})
+    result, _ = quiet(preset, on_step=lambda report: losses.append(report.loss))
+    assert result.finished and all(np.isfinite(losses))
