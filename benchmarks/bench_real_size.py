@@ -79,7 +79,7 @@ SD15_TEXT_ENCODER = {
 }
 SD15_SCHEDULER = {
     "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
-    "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
+    "clip_sample": False, "steps_offset": 1, "prediction_type": "epsilon",
 }
 # The published SDXL base 1.0 component configs (stabilityai/stable-diffusion-xl-base-1.0).
 SDXL_UNET = {

@@ -34,7 +34,8 @@
   ones fp32; with fp16 the VAE stays fp32. Gradient checkpointing on the UNet
   and the trained text encoders. With the latent cache the VAE, with the
   text-embedding cache the frozen text encoders leave the training device
-  (CUDA -> CPU); sampling brings them back while it runs.
+  (CUDA -> CPU, or freed on CPU when nothing needs them again); sampling
+  brings them back while it runs.
 """
 
 from contextlib import contextmanager

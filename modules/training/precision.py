@@ -18,8 +18,11 @@ Contract:
 - `release_cached_components(preset, family, accelerator)`, once the caches
   are built: the VAE (`data.cache_latents`) and the frozen text encoders
   (`data.cache_text_embeddings`) leave the training device; the caches serve
-  every sample the run trains on. On CPU there is no other device: they stay.
-  Sampling brings them back for its duration.
+  every sample the run trains on. On CUDA they move to the CPU, and sampling
+  brings them back for its duration. On CPU there is no other device: when
+  nothing needs them again (a LoRA run without samples; its final files hold
+  only the adapters) their weights are freed (torch's "meta" device), else
+  they stay.
 None of these changes the plan, the data order or any random draw.
 """
 
@@ -33,6 +36,8 @@ MIXED_PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 FROZEN_DTYPES = {"fp32": torch.float32, **MIXED_PRECISION_DTYPES}
 # Where frozen components go when the caches serve every sample.
 OFFLOAD_DEVICE = torch.device("cpu")
+# Where they go on CPU when nothing needs them again: no memory behind them.
+RELEASED_DEVICE = torch.device("meta")
 
 
 def mixed_precision_mode(preset, use_cpu: bool) -> str:
@@ -76,11 +81,16 @@ def set_up_memory(preset, family, accelerator) -> None:
 
 def release_cached_components(preset, family, accelerator, say) -> None:
     """The VAE / frozen text encoders off the training device when the caches serve every sample."""
-    if accelerator.device.type == OFFLOAD_DEVICE.type:
-        return
-    moved = family.offload_cached_components(preset, OFFLOAD_DEVICE)
-    if moved:
-        say(f"memory: {', '.join(moved)} moved to {OFFLOAD_DEVICE.type} (the caches serve every sample)")
+    if accelerator.device.type != OFFLOAD_DEVICE.type:
+        moved = family.offload_cached_components(preset, OFFLOAD_DEVICE)
+        if moved:
+            say(f"memory: {', '.join(moved)} moved to {OFFLOAD_DEVICE.type} (the caches serve every sample)")
+    elif preset.training.method == "lora" and preset.output.sample_every is None:
+        # On CPU there is no other device; nothing after the caches needs them (no samples, and a LoRA's final
+        # files hold only the adapters): their memory is freed.
+        released = family.offload_cached_components(preset, RELEASED_DEVICE)
+        if released:
+            say(f"memory: {', '.join(released)} released (the caches serve every sample; no samples are drawn)")
 
 
 def ddp_kwargs(preset) -> list:

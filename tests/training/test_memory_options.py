@@ -245,23 +245,40 @@ def test_frozen_weights_in_bf16_change_the_weights_by_rounding_only(tmp_path, pi
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_cached_components_leave_the_device_and_the_weights_are_the_same(tmp_path, pipelines, captioned, kind,
-                                                                         watch_family, monkeypatch):
-    # On CPU there is no other device; "meta" stands for it: a weight there has no values, so any use of the
-    # VAE or the frozen text encoders after the caches are built would fail the run.
+def test_cached_components_are_released_on_cpu_and_the_weights_are_the_same(tmp_path, pipelines, captioned, kind,
+                                                                            watch_family, monkeypatch):
+    # A LoRA run without samples on CPU frees them ("meta": a weight there has no values, so any use of the
+    # VAE or the frozen text encoders after the caches are built would fail the run).
     sections = {"training": {"max_steps": 4}, "optimizer": {"text_encoder_lr": None},
                 "data": {"cache_latents": True, "cache_text_embeddings": True}}
-    kept, _ = quiet(preset_for(tmp_path, pipelines, captioned, kind, out="kept", **sections))
-    monkeypatch.setattr(precision, "OFFLOAD_DEVICE", torch.device("meta"))
-    moved, lines = quiet(preset_for(tmp_path, pipelines, captioned, kind, out="moved", **sections))
+    released, lines = quiet(preset_for(tmp_path, pipelines, captioned, kind, out="released", **sections))
     family = watch_family[-1]
     assert family.pipeline.vae.encoder.conv_in.weight.device.type == "meta"
     assert all(encoder.device.type == "meta" for _, encoder in family.text_encoders())
     assert family.pipeline.unet.conv_in.weight.device.type == "cpu"
     names = ", ".join(["vae", *[name for name, _ in family.text_encoders()]])
-    assert f"memory: {names} moved to meta (the caches serve every sample)" in lines
-    difference, _ = largest_difference(lora_weights(kept.output_dir), lora_weights(moved.output_dir))
+    assert f"memory: {names} released (the caches serve every sample; no samples are drawn)" in lines
+    monkeypatch.setattr(trainer, "release_cached_components", lambda *args: None)
+    kept, _ = quiet(preset_for(tmp_path, pipelines, captioned, kind, out="kept", **sections))
+    assert watch_family[-1].pipeline.vae.encoder.conv_in.weight.device.type == "cpu"
+    difference, _ = largest_difference(lora_weights(kept.output_dir), lora_weights(released.output_dir))
     assert difference == 0
+
+
+def test_cached_components_move_off_the_device_and_stay_on_cpu_when_samples_need_them(tmp_path, pipelines,
+                                                                                      captioned, watch_family,
+                                                                                      monkeypatch):
+    sections = {"training": {"max_steps": 2}, "optimizer": {"text_encoder_lr": None},
+                "data": {"cache_latents": True, "cache_text_embeddings": True}}
+    sampled, lines = quiet(preset_for(tmp_path, pipelines, captioned, out="sampled",
+                                      output={"sample_every": 2, "sample_prompts": ["a photo"]}, **sections))
+    assert watch_family[-1].pipeline.vae.encoder.conv_in.weight.device.type == "cpu"
+    assert not any(line.startswith("memory:") for line in lines) and list((sampled.output_dir / "samples").glob("*"))
+    # A training device other than the offload device (CUDA -> CPU): "meta" stands in for the CPU here.
+    monkeypatch.setattr(precision, "OFFLOAD_DEVICE", torch.device("meta"))
+    moved, lines = quiet(preset_for(tmp_path, pipelines, captioned, out="moved", **sections))
+    assert "memory: vae, text_encoder moved to meta (the caches serve every sample)" in lines
+    assert watch_family[-1].pipeline.vae.encoder.conv_in.weight.device.type == "meta"
 
 
 # --- two processes -----------------------------------------------------------------------------------------
