@@ -145,6 +145,7 @@ class ModelSection(Section):
     config: ModelConfigName | None = None
     resolution: int = Field(32, ge=8, le=4096)
     prediction_type: Literal["epsilon", "v_prediction"] | None = None
+    frozen_dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: the mixed precision dtype on CUDA, fp32 on CPU
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -295,6 +296,7 @@ class TrainingSection(Section):
     method: TrainingMethod = "full"
     min_snr_gamma: float | None = Field(None, gt=0)
     noise_offset: float = Field(0.0, ge=0)
+    gradient_checkpointing: bool = False  # the UNet and the trained text encoders
 
     @model_validator(mode="after")
     def _has_length(self):
@@ -474,7 +476,7 @@ class Preset(Section):
     def _combinations(self):
         """Settings that are valid alone but not together; each check names the key to change."""
         for check in (_check_lora_options, _check_text_encoders, _check_adaptive_optimizer, _check_buckets,
-                      _check_schedule_free):
+                      _check_schedule_free, _check_frozen_dtype):
             check(self)
         return self
 
@@ -545,6 +547,13 @@ def _check_buckets(preset: "Preset") -> None:
         raise ConfigError(
             f"{preset.data.bucket_step} is larger than model.resolution {preset.model.resolution}: "
             "no bucket fits (lower data.bucket_step)", "data.bucket_step")
+
+
+def _check_frozen_dtype(preset: "Preset") -> None:
+    frozen = preset.model.frozen_dtype
+    if frozen in ("fp16", "bf16") and preset.training.mixed_precision == "no":
+        raise ConfigError(f"'{frozen}' needs mixed precision (autocast): set training.mixed_precision to bf16 "
+                          "(or fp16 / auto on CUDA), or model.frozen_dtype to auto or fp32", "model.frozen_dtype")
 
 
 def _check_schedule_free(preset: "Preset") -> None:

@@ -40,8 +40,13 @@ The seam, in the order the loop uses it:
 - `family.size_multiple()`: the pixel multiple every training height and
   width must be (aspect-ratio buckets), or None when the model takes only
   square `model.resolution` input; `family.name` names it in errors.
-- `family.cast_for_mixed_precision(dtype)`: on CUDA with fp16/bf16, frozen
-  weights in `dtype`, trainable ones kept in fp32 (diffusers' cast_training_params).
+- Memory (`modules.training.precision`): `family.cast_frozen_weights(dtype)`
+  puts every frozen weight in `dtype` and the trained ones in fp32 (as
+  diffusers' cast_training_params); `enable_gradient_checkpointing()` turns it
+  on for every trained model component; `offload_cached_components(preset,
+  device)` moves what the caches replace off the training device (the names
+  moved), `offloadable_state_names(preset)` names their weights (kept out of
+  DDP's broadcasts).
 
 - The caches (`modules.data.caches`) ask a family whose registry entry has a
   VAE / text encoders: `latent_cache_identity()`, `latent_layout()`,
@@ -100,8 +105,31 @@ class Family:
         """Default: only square input."""
         return None
 
-    def cast_for_mixed_precision(self, dtype: torch.dtype) -> None:
-        """Default: nothing to cast (accelerate's autocast does the rest)."""
+    def cast_frozen_weights(self, dtype: torch.dtype) -> None:
+        """Every floating-point weight that does not train in `dtype`, every trained one in fp32."""
+        cast_weights(self.model.parameters(), dtype)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Gradient checkpointing in each model component of `self.model` that trains (diffusers or transformers)."""
+        for component in self.model.children():
+            if not any(parameter.requires_grad for parameter in component.parameters()):
+                continue
+            if getattr(component, "_supports_gradient_checkpointing", False):  # diffusers (use_reentrant=False)
+                component.enable_gradient_checkpointing()
+            elif getattr(component, "supports_gradient_checkpointing", False):  # transformers
+                enable = getattr(component, "activation_checkpointing_enable", None)  # its name from v5 on
+                if enable is not None:
+                    enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                else:
+                    component.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def offloadable_state_names(self, preset) -> list[str]:
+        """Names (in `self.model`) of the weights `offload_cached_components` would move; default: none."""
+        return []
+
+    def offload_cached_components(self, preset, device) -> list[str]:
+        """Move what the caches replace to `device`; the names of the components moved. Default: nothing."""
+        return []
 
     # --- for the caches, in families whose registry entry has a VAE / text encoders ------------
 
@@ -131,6 +159,17 @@ class Family:
     def use_text_cache(self, cache) -> None:
         """Read frozen text embeddings from `cache` (`modules.data.caches.TextEmbeddingCache`) from now on."""
         raise NotImplementedError
+
+
+def cast_weights(parameters, frozen_dtype: torch.dtype) -> None:
+    """Frozen floating-point `parameters` to `frozen_dtype`, trained ones to fp32 (diffusers' cast_training_params;
+    a model stored in fp16 / bf16 gets fp32 adapters too). A parameter already in its dtype is left as it is."""
+    with torch.no_grad():
+        for parameter in parameters:
+            if parameter.is_floating_point():
+                wanted = torch.float32 if parameter.requires_grad else frozen_dtype
+                if parameter.dtype != wanted:
+                    parameter.data = parameter.data.to(wanted)
 
 
 def family_class(preset) -> type[Family]:

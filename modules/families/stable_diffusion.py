@@ -35,8 +35,13 @@
   LoRA with `lora.init_weights`: the adapters start from that file (`lora.load_init_weights`).
 - Samples: one image per `output.sample_prompts` entry, fixed seed, the
   folder's own inference scheduler.
-- Mixed precision (CUDA): frozen UNet / text encoders in the autocast dtype,
-  trainable parameters fp32 (`cast_training_params`); the VAE stays fp32.
+- Memory (`modules.training.precision`): frozen weights (the UNet under a
+  LoRA, the frozen text encoders, the VAE) in `model.frozen_dtype`, trained
+  ones fp32; with fp16 the VAE stays fp32. Gradient checkpointing on the UNet
+  and the trained text encoders. With the latent cache the VAE, with the
+  text-embedding cache the frozen text encoders leave the training device
+  (CUDA -> CPU, or freed on CPU when nothing needs them again); sampling
+  brings them back while it runs.
 """
 
 from contextlib import contextmanager
@@ -50,7 +55,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from modules.errors import ConfigError
 from modules.families.model_types import read_model_index
 from modules.training import checkpoints, paths
-from modules.families.base import Family
+from modules.families.base import Family, cast_weights
 from modules.families import lora as lora_files
 from modules.families import single_file
 from modules.families.losses import LossModule, Prediction, draw_noise
@@ -165,6 +170,7 @@ class StableDiffusionFamily(Family):
         self._token_ids: dict[int, dict[str, torch.Tensor]] = {}
         self.pipeline = self.load_pipeline(preset.model.path)
         self.text_cache = None  # set by modules.data.caches with data.cache_text_embeddings
+        self._offloaded: list[str] = []  # components moved off the training device (offload_cached_components)
         self.noise_scheduler = self._noise_scheduler()
         self._set_up_training()
         self.model = TextToImageLossModel(self)
@@ -410,7 +416,7 @@ class StableDiffusionFamily(Family):
         for module in modules:
             module.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self._offloaded_components_back():
                 resolution = self.preset.model.resolution
                 return pipeline(prompt=list(self.preset.output.sample_prompts), height=resolution, width=resolution,
                                 num_inference_steps=SAMPLE_INFERENCE_STEPS,
@@ -419,14 +425,42 @@ class StableDiffusionFamily(Family):
             for module, mode in zip(modules, modes):
                 module.train(mode)
 
-    def cast_for_mixed_precision(self, dtype: torch.dtype) -> None:
-        from diffusers.training_utils import cast_training_params
+    def cast_frozen_weights(self, dtype: torch.dtype) -> None:
+        """Frozen weights in `dtype`, trained ones (adapters, fully trained modules) in fp32.
 
-        if self.method == "lora":
-            self.pipeline.unet.to(dtype=dtype)
-        for _, encoder in self.text_encoders():
-            if not self.train_text_encoders or self.method == "lora":
-                encoder.to(dtype=dtype)
-        # Trainable weights (the adapters, or the fully trained modules) stay fp32.
-        cast_training_params([self.pipeline.unet] + [encoder for _, encoder in self.text_encoders()],
-                             dtype=torch.float32)
+        The VAE stays fp32 with fp16 (the SDXL VAE overflows in fp16, as diffusers' SDXL scripts note).
+        """
+        for name, module in self.model.named_children():
+            cast_weights(module.parameters(), torch.float32 if name == "vae" and dtype == torch.float16 else dtype)
+
+    def _cached_components(self, preset) -> list[str]:
+        """The components the caches replace: the VAE (latent cache), the frozen text encoders (text cache)."""
+        names = ["vae"] if preset.data.cache_latents else []
+        if preset.data.cache_text_embeddings and not self.train_text_encoders:
+            names += list(self.TEXT_ENCODERS)
+        return names
+
+    def offloadable_state_names(self, preset) -> list[str]:
+        return [f"{component}.{name}" for component in self._cached_components(preset)
+                for name, _ in getattr(self.model, component).state_dict().items()]
+
+    def offload_cached_components(self, preset, device) -> list[str]:
+        moved = self._cached_components(preset)
+        for name in moved:
+            getattr(self.pipeline, name).to(device)
+        self._offloaded = moved
+        return moved
+
+    @contextmanager
+    def _offloaded_components_back(self):
+        """The offloaded components on the UNet's device for a while (sampling), then off it again."""
+        offloaded = self._offloaded
+        device = self.pipeline.unet.conv_in.weight.device
+        elsewhere = {name: getattr(self.pipeline, name).device for name in offloaded}
+        for name in offloaded:
+            getattr(self.pipeline, name).to(device)
+        try:
+            yield
+        finally:
+            for name, where in elsewhere.items():
+                getattr(self.pipeline, name).to(where)

@@ -120,20 +120,21 @@ def sweep_plan(preset: Preset, steps: int):
 
 def set_up_sweep(preset: Preset, steps: int, progress_bar: bool):
     """(plan, accelerator, family, model, optimizer, dataset, trained parameters), as the trainer builds them."""
-    from modules.training.trainer import MIXED_PRECISION_DTYPES, make_accelerator
+    from modules.training.precision import release_cached_components, set_up_memory
+    from modules.training.trainer import make_accelerator
 
     plan = sweep_plan(preset, steps)
     accelerator = make_accelerator(preset)
     curve = build_lr_curve(plan, preset.optimizer)
     dataset = build_dataset(preset, plan)
     family = build_family(preset, plan)
-    if accelerator.mixed_precision in MIXED_PRECISION_DTYPES:
-        family.cast_for_mixed_precision(MIXED_PRECISION_DTYPES[accelerator.mixed_precision])
+    set_up_memory(preset, family, accelerator)
     optimizer = build_optimizer(family.model, preset, 0, family.parameter_components(),
                                 (curve.group_names, curve.base_lrs))
     model, optimizer = accelerator.prepare(family.model, optimizer)
     prepare_caches(preset, family, accelerator.unwrap_model(model), dataset, plan, 0, 0, accelerator,
                    lambda message: None, progress_bar)
+    release_cached_components(preset, family, accelerator, lambda message: None)
     seed_process_rng(preset.training.seed, 0)
     parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
     ratios = [lr / (preset.optimizer.lr * plan.lr_scale) for lr in curve.base_lrs]

@@ -73,9 +73,9 @@ from modules.families.unet_models import check_training_sizes
 from modules.training.checkpointed_parts import checkpointed_parts, load_family_weights, load_parts, parts_state
 from modules.training.optimizers import build_optimizer, is_schedule_free, logged_lrs, schedule_free_eval
 from modules.training.output_lock import hold_output_dir
+from modules.training.precision import (ddp_kwargs, mixed_precision_mode, release_cached_components,
+                                        reset_accelerate_state, set_up_memory)
 from modules.training.step import optimizer_step, seed_process_rng, window_of
-
-MIXED_PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -101,25 +101,17 @@ class TrainResult:
 
 
 def make_accelerator(preset: Preset):
-    """An Accelerator for `training.device` / `training.mixed_precision` (fp32 on CPU)."""
+    """An Accelerator for `training.device` / `training.mixed_precision` (`modules.training.precision`)."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
 
     device = preset.training.device
     has_cuda = torch.cuda.is_available()
     if device == "cuda" and not has_cuda:
         raise ConfigError("is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')", "training.device")
     use_cpu = device == "cpu" or not has_cuda
-    mixed_precision = preset.training.mixed_precision
-    if use_cpu:
-        mixed_precision = "no"
-    elif mixed_precision == "auto":
-        mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        # One process may train several times (tests, the app's worker): start from a clean state.
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
+    reset_accelerate_state()
+    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision_mode(preset, use_cpu),
+                       kwargs_handlers=ddp_kwargs(preset))
 
 
 def resume_command(checkpoint: Path, num_processes: int) -> str:
@@ -200,6 +192,7 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
             f"processes: {world}, mixed precision: {accelerator.mixed_precision}")
         prepare_caches(preset, run.family, accelerator.unwrap_model(run.model), run.dataset, plan, run.rank,
                        global_step, accelerator, say, progress_bar and run.is_main)
+        release_cached_components(preset, run.family, accelerator, say)
         command_for = resume_command_for or (lambda checkpoint: resume_command(checkpoint, world))
         return training_loop(run, global_step, folder, on_step=on_step, should_stop=should_stop,
                              progress_bar=progress_bar, resume_command_for=command_for)
@@ -262,8 +255,7 @@ def set_up(preset: Preset, plan, curve, accelerator, output_dir: Path, loaded, s
     check_training_sizes(family.size_multiple(), family.name, training_sizes(dataset), preset.model.resolution)
     if loaded is not None:
         load_family_weights(family, loaded.weights, loaded.folder)
-    if accelerator.mixed_precision in MIXED_PRECISION_DTYPES:
-        family.cast_for_mixed_precision(MIXED_PRECISION_DTYPES[accelerator.mixed_precision])
+    set_up_memory(preset, family, accelerator)
     optimizer = build_optimizer(family.model, preset, plan.warmup_steps, family.parameter_components(),
                                 (curve.group_names, curve.base_lrs))
     model, optimizer = accelerator.prepare(family.model, optimizer)
