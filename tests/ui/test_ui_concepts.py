@@ -4,7 +4,7 @@ caption counts, the preview's concept lines; and the real panel under Xvfb with 
 from pathlib import Path
 
 import pytest
-from conftest import make_images
+from tests.conftest import make_images
 
 from modules.config.preset import validate_preset
 from ui.controllers.image_counter import CaptionCounter, ImageCounter
