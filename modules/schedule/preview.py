@@ -96,6 +96,8 @@ class Preview:
         if self.plan.model_type not in TEXT_TO_IMAGE_TYPES:
             return []
         data = self.preset.data
+        if not data.path and not data.concepts:
+            return []  # counted without a folder (num_images given): no captions to count
         if data.path and not data.concepts and not self.plan.kohya_folders:
             summary = summarize_captions(list_images(data.path), data.caption_extension)
             return [f"  captions          {summary.describe(data.default_caption)}"]
