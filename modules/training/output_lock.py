@@ -5,7 +5,9 @@
 holder's pid into it, for the message another run prints. The lock belongs to
 the open file: it is released when the run ends, however it ends (the kernel
 drops it when the process dies, so the lock of a killed run is no obstacle:
-the next run takes it over). A second training into the same folder gets a
+the next run takes it over; when the killed run's forked data workers still hold the
+descriptor for a moment, the pid in the file names no live process and the next run
+replaces the file). A second training into the same folder gets a
 ConfigError at once:
 
     output.dir: '/path/out' is in use by another training (pid 1234); wait for it or choose another output.dir
@@ -32,6 +34,32 @@ def _holder(path: Path) -> str:
     return text if text.isdigit() else "unknown"
 
 
+def _holder_is_gone(path: Path) -> bool:
+    """True when the pid written in the lock file names no live process (killed, or a zombie): its
+    forked DataLoader workers inherit the locked descriptor and may outlive it briefly."""
+    holder = _holder(path)
+    if not holder.isdigit() or int(holder) == os.getpid():
+        return False
+    try:
+        os.kill(int(holder), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        status = Path(f"/proc/{holder}/status").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return any(line.startswith("State:") and "Z" in line.split()[1:2] for line in status.splitlines())
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
 def _take(path: Path) -> int:
     """An open descriptor holding the lock on `path`; ConfigError when another process holds it."""
     while True:
@@ -40,6 +68,9 @@ def _take(path: Path) -> int:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(descriptor)
+            if _holder_is_gone(path):  # a killed run's data workers may still hold its lock for a moment
+                _remove(path)
+                continue
             raise ConfigError(f"'{path.parent}' is in use by another training (pid {_holder(path)}); wait for it "
                               "or choose another output.dir", "output.dir") from None
         try:
