@@ -159,26 +159,7 @@ def _train_in_fresh_process(images: Path, cache: Path) -> tuple[float, float, fl
 def _replan_seconds(images: Path, cache: Path) -> tuple[float, float, float, float]:
     """CPU and wall seconds of the first count and of the best re-plan with the index warm
     (cold CPU, warm CPU, cold wall, warm wall) of `images` with buckets, in this process."""
-    from modules.schedule.step_plan import build_step_plan
-
-    previous = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(cache)
-    try:
-        preset = _preset(images, cache / "unused")
-        started = time.process_time(), time.perf_counter()
-        build_step_plan(preset)
-        cold = time.process_time() - started[0], time.perf_counter() - started[1]
-        warm = []
-        for _ in range(3):
-            started = time.process_time(), time.perf_counter()
-            build_step_plan(preset)
-            warm.append((time.process_time() - started[0], time.perf_counter() - started[1]))
-        return cold[0], min(cpu for cpu, _ in warm), cold[1], min(wall for _, wall in warm)
-    finally:
-        if previous is None:
-            os.environ.pop("XDG_CACHE_HOME", None)
-        else:
-            os.environ["XDG_CACHE_HOME"] = previous
+    return _timed_plans(_preset(images, cache / "unused"), cache)
 
 
 def _concept_folders() -> list[Path]:
@@ -200,7 +181,6 @@ def _concept_folders() -> list[Path]:
 def _concepts_replan_seconds(cache: Path) -> tuple[float, float, float, float]:
     """(cold CPU, warm CPU, cold wall, warm wall) seconds of `build_step_plan` over the concept folders."""
     from modules.config.preset import validate_preset
-    from modules.schedule.step_plan import build_step_plan
 
     kinds = [{"repeats": 1.5}, {"samples": 700}, {"type": "regularization", "samples": 300, "loss_weight": 0.5},
              {"repeats": 2}]
@@ -211,6 +191,14 @@ def _concepts_replan_seconds(cache: Path) -> tuple[float, float, float, float]:
         "training": {"epochs": 10, "batch_size": 4, "gradient_accumulation_steps": 2, "device": "cpu"},
         "output": {"dir": str(cache / "unused"), "checkpoint_every": None},
     })
+    return _timed_plans(preset, cache)
+
+
+def _timed_plans(preset, cache: Path) -> tuple[float, float, float, float]:
+    """(cold CPU, warm CPU, cold wall, warm wall) seconds of `build_step_plan(preset)`: the first
+    count, then the best of three re-plans with the size index in `cache` warm."""
+    from modules.schedule.step_plan import build_step_plan
+
     previous = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(cache)
     try:
