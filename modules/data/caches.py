@@ -358,12 +358,10 @@ def build_text_embedding_cache(family, captions, folder: Path, autocast, device,
     return cache
 
 
-def prepare_caches(preset, family, loss_model, dataset, plan, rank: int, start_step: int, accelerator,
+def prepare_caches(preset, family, dataset, plan, rank: int, start_step: int, accelerator,
                    log, progress_bar: bool) -> None:
-    """Build and attach the caches `preset.data` asks for (nothing when it asks for none).
-
-    `loss_model` (the unwrapped `family.model`) is not used: the family is asked.
-    """
+    """Build and attach the caches `preset.data` asks for (nothing when it asks for none); the family
+    encodes what they hold."""
     data = preset.data
     if not (data.cache_latents or data.cache_text_embeddings):
         return

@@ -132,7 +132,7 @@ def set_up_sweep(preset: Preset, steps: int, progress_bar: bool):
     optimizer = build_optimizer(family.model, preset, 0, family.parameter_components(),
                                 (curve.group_names, curve.base_lrs))
     model, optimizer = accelerator.prepare(family.model, optimizer)
-    prepare_caches(preset, family, accelerator.unwrap_model(model), dataset, plan, 0, 0, accelerator,
+    prepare_caches(preset, family, dataset, plan, 0, 0, accelerator,
                    lambda message: None, progress_bar)
     release_cached_components(preset, family, accelerator, lambda message: None)
     seed_process_rng(preset.training.seed, 0)

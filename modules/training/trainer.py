@@ -190,7 +190,7 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
             say(f"resuming from '{folder}' at step {global_step} of {plan.total_steps}")
         say(f"model: {plan.model_type} ({preset.training.method}); device: {accelerator.device}, "
             f"processes: {world}, mixed precision: {accelerator.mixed_precision}")
-        prepare_caches(preset, run.family, accelerator.unwrap_model(run.model), run.dataset, plan, run.rank,
+        prepare_caches(preset, run.family, run.dataset, plan, run.rank,
                        global_step, accelerator, say, progress_bar and run.is_main)
         release_cached_components(preset, run.family, accelerator, say)
         command_for = resume_command_for or (lambda checkpoint: resume_command(checkpoint, world))
