@@ -75,6 +75,7 @@ LR_SCALING_BY = ("global_batch", "batch", "accumulation")
 DEFAULT_GROUP_NAME = "unet"
 GroupComponent = Literal["unet", "text_encoder", "text_encoder_2"]
 GROUP_COMPONENTS: tuple[str, ...] = get_args(GroupComponent)  # where a named group's match is searched
+DEFAULT_VALIDATION_TIMESTEPS = (100, 300, 500, 700, 900)  # output.validation_timesteps (SPEC §11)
 LORA_PLUS_SUFFIX = "_B"  # lora.plus_ratio: group g's lora_B matrices train as the group g + "_B"
 
 
@@ -236,6 +237,7 @@ class DataSection(Section):
     cache_latents: bool = False
     cache_dir: str | None = None  # default: output.dir/cache
     cache_text_embeddings: bool = False
+    validation_split: float = Field(0.0, ge=0, le=0.5)  # of each train concept's images, held out by content hash
 
     @model_validator(mode="after")
     def _bucket_step(self):
@@ -297,6 +299,9 @@ class TrainingSection(Section):
     min_snr_gamma: float | None = Field(None, gt=0)
     noise_offset: float = Field(0.0, ge=0)
     gradient_checkpointing: bool = False  # the UNet and the trained text encoders
+    ema: bool = False                      # an EMA of the trained weights (SPEC §11); the final model holds it
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    ema_update_every: int = Field(1, ge=1)  # optimizer steps between EMA updates
 
     @model_validator(mode="after")
     def _has_length(self):
@@ -459,6 +464,8 @@ class OutputSection(Section):
     keep_checkpoints: int = Field(3, ge=1)
     sample_every: OptionalDuration = None
     sample_prompts: list[str] = Field(default_factory=list)
+    validate_every: OptionalDuration = None  # the validation loss (SPEC §11); None: never
+    validation_timesteps: list[int] = Field(default_factory=lambda: list(DEFAULT_VALIDATION_TIMESTEPS), min_length=1)
     single_file: bool = True  # full fine-tunes of SD / SDXL also write model/model.safetensors (original layout)
 
 
@@ -476,7 +483,7 @@ class Preset(Section):
     def _combinations(self):
         """Settings that are valid alone but not together; each check names the key to change."""
         for check in (_check_lora_options, _check_text_encoders, _check_adaptive_optimizer, _check_buckets,
-                      _check_schedule_free, _check_frozen_dtype):
+                      _check_schedule_free, _check_frozen_dtype, _check_ema):
             check(self)
         return self
 
@@ -547,6 +554,16 @@ def _check_buckets(preset: "Preset") -> None:
         raise ConfigError(
             f"{preset.data.bucket_step} is larger than model.resolution {preset.model.resolution}: "
             "no bucket fits (lower data.bucket_step)", "data.bucket_step")
+
+
+def _check_ema(preset: "Preset") -> None:
+    if preset.training.ema and preset.optimizer.type in SCHEDULE_FREE_OPTIMIZERS:
+        raise ConfigError(f"cannot be used with {preset.optimizer.type}: a schedule-free optimizer already "
+                          "averages the weights it is evaluated with (turn training.ema off, or use adamw)",
+                          "training.ema")
+    for index, timestep in enumerate(preset.output.validation_timesteps):
+        if timestep < 0:  # the model's own count (num_train_timesteps) is checked when it is loaded
+            raise ConfigError(f"{timestep} is not a timestep (they count from 0)", f"output.validation_timesteps.{index}")
 
 
 def _check_frozen_dtype(preset: "Preset") -> None:

@@ -27,7 +27,8 @@ earlier bucket). Only *which* images of a bucket are drawn varies:
 each concept in order, its images floor(r) times in listing order, then its subset (or its cycled
 samples), bucket by bucket. A single concept with whole repeats is `tile(arange(N), r)`, the
 order training always had. Validation concepts (§11) are resolved (their folder is checked) but
-never train and are not in the plan.
+never train and are not in the plan. With `data.validation_split`, each train concept's held-out images
+(`modules.data.validation_split`) leave its `files` for its `held_out`: the plan counts the rest.
 """
 
 import math
@@ -42,6 +43,7 @@ import numpy as np
 from modules.config.preset import ConceptSection
 from modules.data.listing import scan_image_files, walk_folder
 from modules.data.sizes import image_sizes
+from modules.data.validation_split import split_files
 from modules.errors import ConfigError
 
 KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
@@ -66,6 +68,7 @@ class Concept:
     kohya_folder: str | None = None       # the outer folder read with the kohya layout
     skipped: tuple[str, ...] = ()         # files of an unsupported image type
     sizes: tuple[tuple[int, int], ...] | None = field(default=None, compare=False)  # (width, height) per file
+    held_out: tuple[str, ...] = ()        # data.validation_split: its images set aside for validation, not in files
 
     @cached_property
     def size_array(self) -> np.ndarray:
@@ -118,7 +121,7 @@ def resolve_concepts(data, read_sizes: bool = False) -> list[Concept]:
     concepts: list[Concept] = []
     for index, concept in enumerate(written):
         key = "data.path" if not data.concepts else f"data.concepts.{index}.path"
-        concepts.extend(_resolve_one(concept, key, data.layout, read_sizes))
+        concepts.extend(_resolve_one(concept, key, data.layout, read_sizes, data.validation_split))
     _check_unique(concepts)
     return concepts
 
@@ -140,7 +143,7 @@ def _kohya_names(folder: str, names: list[str]) -> list[tuple[int, str, str]] | 
     return [(int(match.group(1)), match.group(2), os.path.join(folder, name)) for match, name in matches]
 
 
-def _resolve_one(concept: ConceptSection, key: str, layout: str, read_sizes: bool) -> list[Concept]:
+def _resolve_one(concept: ConceptSection, key: str, layout: str, read_sizes: bool, split: float) -> list[Concept]:
     # One walk of the folder serves both readings: a kohya folder's listing is split by subfolder.
     scan = walk_folder(concept.path, key, allow_empty=layout == "auto")
     files, skipped = scan.files, scan.skipped
@@ -149,7 +152,7 @@ def _resolve_one(concept: ConceptSection, key: str, layout: str, read_sizes: boo
         if not files:
             scan_image_files(concept.path, key)  # the error of a folder without images
         return [_listed(concept, concept.path, key, concept.display_name, concept.repeats, None, read_sizes,
-                        files, skipped)]
+                        files, skipped, split)]
     if concept.samples is not None:
         raise ConfigError(f"'{concept.path}' is read with the kohya layout (one concept per N_name subfolder), "
                           "which gives repeats, not samples: set repeats, or data.layout to 'flat'",
@@ -163,18 +166,22 @@ def _resolve_one(concept: ConceptSection, key: str, layout: str, read_sizes: boo
         if not own:
             scan_image_files(path, key)  # the error of a subfolder without images
         resolved.append(_listed(concept, path, key, name, repeats * outer, concept.path, read_sizes, own,
-                                own_skipped))
+                                own_skipped, split))
     return resolved
 
 
 def _listed(concept: ConceptSection, folder: str, key: str, name: str, repeats, kohya_folder, read_sizes,
-            files, skipped) -> Concept:
+            files, skipped, split: float = 0.0) -> Concept:
     paths = tuple(path for _, path in files)
+    held_out: tuple[str, ...] = ()
+    if concept.type == "train" and split > 0:
+        kept, held = split_files(list(paths), split)
+        paths, held_out = tuple(paths[index] for index in kept), tuple(paths[index] for index in held)
     if concept.samples is None and repeats is None:
         repeats = 1
     sizes = tuple(image_sizes(folder, list(paths))) if read_sizes else None
     return Concept(name, concept.type, str(folder), key, paths, len(paths), repeats, concept.samples, concept,
-                   kohya_folder, tuple(skipped), sizes)
+                   kohya_folder, tuple(skipped), sizes, held_out)
 
 
 def _check_unique(concepts: list[Concept]) -> None:
@@ -191,6 +198,8 @@ def count_only(data, num_images: int | None, sizes: list[tuple[int, int]] | None
     """The one concept of `data.path` with a count (and sizes) measured elsewhere (the app's counter),
     without listing; None where that does not describe the dataset (several concepts, a kohya folder)."""
     written = data.concept_list()
+    if data.validation_split > 0:
+        return None  # which images are held out needs the files
     if data.buckets and sizes is None:
         return None  # buckets need every image's size: the folder is listed
     if not written and not data.concepts:  # counted without a folder (the gallery, the benchmarks)
@@ -293,6 +302,7 @@ class ConceptRow:
     folder: str
     key: str
     kohya_folder: str | None = None
+    held_out: int = 0                 # images set aside for validation by data.validation_split
 
     def amount(self) -> str:
         if self.samples is not None:
@@ -303,4 +313,4 @@ class ConceptRow:
 def concept_rows(concepts: list[Concept]) -> tuple[ConceptRow, ...]:
     return tuple(ConceptRow(concept.name, concept.type, concept.num_images, concept.repeats, concept.samples,
                             concept.samples_per_epoch, concept.loss_weight, concept.folder, concept.key,
-                            concept.kohya_folder) for concept in concepts)
+                            concept.kohya_folder, len(concept.held_out)) for concept in concepts)

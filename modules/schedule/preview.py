@@ -68,6 +68,8 @@ class Preview:
             + (f" (optimizer {plan.schedule.schedule_free})" if plan.schedule.schedule_free else ""),
             f"  cycle boundaries  {listing(plan.cycle_starts)}",
             f"  checkpoints at    {listing(plan.checkpoint_steps)} {checkpoint_note}",
+            *validation_lines(plan, listing),
+            *ema_lines(plan),
         ]
         width = max([14, *(len(name) for name in self.curve.group_names)])  # LoRA+ names are longer
         for index, name in enumerate(self.curve.group_names):
@@ -123,9 +125,38 @@ def concept_lines(plan: StepPlan) -> list[str]:
     for row in plan.concepts:
         share = f"{100 * row.samples_per_epoch / plan.samples_per_epoch:.1f}%" if row.type != "validation" else "-"
         per_epoch = str(row.samples_per_epoch) if row.type != "validation" else "not trained"
+        held = f" (+{row.held_out} held out for validation)" if row.held_out else ""
         lines.append(f"    {row.name:<{width}}  {row.type:<14}  {row.images:>6}  {row.amount():<15}  "
-                     f"{per_epoch:>13}  {share:>6}  {row.loss_weight:g}")
+                     f"{per_epoch:>13}  {share:>6}  {row.loss_weight:g}{held}")
     return lines
+
+
+def validation_lines(plan: StepPlan, listing) -> list[str]:
+    """'validation at 10, 20, ... (every 10 steps and the last step) over 4 images', or where images are
+    held out but no validation is asked for, what is set aside (SPEC §11)."""
+    images = plan.validation_images
+    if not plan.validation_steps:
+        return [f"  validation        none (output.validate_every is not set; {images} image"
+                f"{'s' * (images != 1)} set aside)"] if images else []
+    every = getattr(plan.validation_steps, "every", None)
+    note = f"(every {every} step{'s' * (every != 1)} and the last step)"
+    return [f"  validation at     {listing(plan.validation_steps)} {note}, over {images} image"
+            f"{'s' * (images != 1)}"]
+
+
+def ema_lines(plan: StepPlan) -> list[str]:
+    """The EMA decay d_j (SPEC §11): where it starts, when it reaches training.ema_decay."""
+    if plan.ema_decay is None:
+        return []
+    steps, decays = plan.ema_decays()
+    if not len(steps):
+        return ["  EMA               no update in this run (training.ema_update_every is longer than the run)"]
+    reached = np.flatnonzero(decays >= plan.ema_decay)
+    when = f"reaches {plan.ema_decay:g} after step {steps[reached[0]] + 1}" if len(reached) else \
+        f"ends at {decays[-1]:.4g} (below ema_decay {plan.ema_decay:g}: the run is short for it)"
+    every = plan.ema_update_every
+    return [f"  EMA               decay {decays[0]:.3g} at the first update, {when}; {len(steps)} update"
+            f"{'s' * (len(steps) != 1)} (every {every} step{'s' * (every != 1)})"]
 
 
 def bucket_lines(plan: StepPlan, max_listed: int = 12) -> list[str]:

@@ -66,6 +66,20 @@ class StepPlan:
     buckets: tuple[tuple[int, int, int], ...] = ()  # (width, height, images) of each used bucket; () without
     lora_init_weights: dict | None = None  # {"path", "sha256"} of lora.init_weights (SPEC §12); None without
     concepts: tuple[ConceptRow, ...] = ()  # every concept (validation ones too), in preset order
+    validation_steps: Sequence[int] = ()   # IntervalSteps: every output.validate_every and the last step; () never
+    ema_decay: float | None = None         # training.ema_decay when training.ema is on (SPEC §11), else None
+    ema_update_every: int = 1              # training.ema_update_every
+
+    @property
+    def validation_images(self) -> int:
+        """Images the validation loss is taken over: every validation concept's and every held-out one."""
+        return sum(row.images if row.type == "validation" else row.held_out for row in self.concepts)
+
+    def ema_decays(self):
+        """(steps k, 0-based, after which the EMA is updated; d_j of those updates) (`modules.schedule.ema_decay`)."""
+        from modules.schedule.ema_decay import ema_decays
+
+        return ema_decays(self.total_steps, self.ema_decay, self.ema_update_every)
 
     # --- derived views ---------------------------------------------------------
 
@@ -169,6 +183,9 @@ def _plan_extras(preset: Preset, counts: StepCounts) -> dict:
     return {
         "checkpoint_steps": counts.interval_steps(output.checkpoint_every, "output.checkpoint_every", final=True),
         "sample_steps": counts.interval_steps(output.sample_every, "output.sample_every"),
+        "validation_steps": validation_steps(preset, counts),
+        "ema_decay": training.ema_decay if training.ema else None,
+        "ema_update_every": training.ema_update_every,
         "model_type": model_type,
         "text_encoder_groups": encoders,
         "lora_plus_ratio": lora_plus_ratio(preset),
@@ -178,6 +195,19 @@ def _plan_extras(preset: Preset, counts: StepCounts) -> dict:
         "lr_scale_note": lr_scale_note,
         "lora_init_weights": lora_init_identity(preset),
     }
+
+
+def validation_steps(preset: Preset, counts: StepCounts):
+    """Every output.validate_every and the last step; () when it is not set. ConfigError when it is set but
+    no image is held out for validation."""
+    every = preset.output.validate_every
+    if every is None:
+        return ()
+    images = sum(row.images if row.type == "validation" else row.held_out for row in counts.concepts)
+    if images == 0:
+        raise ConfigError("is set, but there is no validation image: add a concept of type 'validation' or set "
+                          "data.validation_split", "output.validate_every")
+    return counts.interval_steps(every, "output.validate_every", final=True)
 
 
 def check_group_components(preset: Preset, model_type: str, encoders: tuple[str, ...]) -> None:
