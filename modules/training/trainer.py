@@ -88,6 +88,10 @@ class StepReport:
     elapsed_seconds: float
     eta_seconds: float | None
     effective_lrs: dict[str, float] | None = None  # prodigy / dadapt_adam: d * lr really applied (lr_effective/)
+    # Where output.validate_every falls on this step: the TensorBoard tags logged and their values
+    # ("loss/validation", "loss/validation/<concept>", with EMA "loss/validation/non_ema"); else None.
+    validation: dict[str, float] | None = None
+    ema_decay: float | None = None  # training.ema: the decay d_j of the EMA update after this step, if one
 
 
 @dataclass
