@@ -39,6 +39,8 @@ class MicroBatch:
     captions: list[str] | None = None          # each sample's caption (before caption dropout)
     concepts: list[str] | None = None          # the concept name of each sample
     loss_weights: list[float] | None = None    # each sample's loss weight; None: all 1.0
+    # A validation batch (modules.training.validation): each sample's timestep, not drawn; full captions.
+    fixed_timesteps: list[int] | None = None
 
     @property
     def size(self) -> int:

@@ -359,9 +359,9 @@ def build_text_embedding_cache(family, captions, folder: Path, autocast, device,
 
 
 def prepare_caches(preset, family, dataset, plan, rank: int, start_step: int, accelerator,
-                   log, progress_bar: bool) -> None:
+                   log, progress_bar: bool, extra_captions=()) -> None:
     """Build and attach the caches `preset.data` asks for (nothing when it asks for none); the family
-    encodes what they hold."""
+    encodes what they hold. `extra_captions` (the validation images') join the text-embedding cache."""
     data = preset.data
     if not (data.cache_latents or data.cache_text_embeddings):
         return
@@ -375,7 +375,8 @@ def prepare_caches(preset, family, dataset, plan, rank: int, start_step: int, ac
     folder = cache_dir(preset)
     check_cache_dir(folder)
     if data.cache_text_embeddings:
-        family.use_text_cache(build_text_embedding_cache(family, dataset.captions.values(), folder,
+        captions = list(dict.fromkeys([*dataset.captions.values(), *extra_captions]))
+        family.use_text_cache(build_text_embedding_cache(family, captions, folder,
                                                          accelerator.autocast, accelerator.device, log,
                                                          progress_bar))
     if data.cache_latents:

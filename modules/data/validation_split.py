@@ -19,11 +19,18 @@ import hashlib
 import os
 
 HASH_CHUNK_BYTES = 1 << 20
-_digests: dict[tuple[str, int, int], float] = {}
+_digests: dict[tuple[str, int, int], int] = {}
 
 
 def held_out_fraction(path: str) -> float:
     """The image's fraction in [0, 1): SHA-256 of its file name and its bytes (see the module docstring)."""
+    return image_key(path) / 2.0 ** 64
+
+
+def image_key(path: str) -> int:
+    """The first 8 bytes of SHA-256(file name, NUL, file bytes) as an integer: the image's identity for
+    the hold-out and the validation noise (seeded by it, so a renamed list order changes nothing)."""
+    path = str(path)
     status = os.stat(path)
     key = (path, status.st_mtime_ns, status.st_size)
     cached = _digests.get(key)
@@ -33,7 +40,7 @@ def held_out_fraction(path: str) -> float:
     with open(path, "rb") as file:
         for chunk in iter(lambda: file.read(HASH_CHUNK_BYTES), b""):
             digest.update(chunk)
-    value = int.from_bytes(digest.digest()[:8], "big") / 2.0 ** 64
+    value = int.from_bytes(digest.digest()[:8], "big")
     _digests[key] = value
     return value
 

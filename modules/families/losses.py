@@ -8,7 +8,7 @@ it into the scalar loss of the micro-batch. A flow-matching family would write
 another `predict` and reuse `draw_noise`, `per_sample_mse` and the weighting.
 
     noise        ~ N(0, 1) of the target's shape, plus noise_offset * N(0, 1) per (sample, channel)
-    timesteps    uniform integers in [0, num_train_timesteps)
+    timesteps    uniform integers in [0, num_train_timesteps) (the validation loss: the batch's fixed ones)
     loss         mean over the micro-batch of per-sample MSE(prediction, target) * w(t) * loss_weight
     w(t)         1, or with min_snr_gamma g: min(SNR(t), g) / SNR(t) (epsilon), / (SNR(t) + 1) (v_prediction)
     loss_weight  the sample's `MicroBatch.loss_weights` entry (1.0 today)
@@ -36,10 +36,15 @@ class Prediction:
     noise_scheduler: object       # the DDPM scheduler `timesteps` index (for min-SNR)
 
 
-def draw_noise(shape, num_train_timesteps: int, generator: torch.Generator, noise_offset: float = 0.0):
-    """(noise, timesteps) on the CPU from `generator`: noise of `shape`, one timestep per sample."""
+def draw_noise(shape, num_train_timesteps: int, generator: torch.Generator, noise_offset: float = 0.0,
+               fixed_timesteps: list[int] | None = None):
+    """(noise, timesteps) on the CPU from `generator`: noise of `shape`, one timestep per sample (drawn, or
+    `fixed_timesteps`: the validation loss's, `MicroBatch.fixed_timesteps`)."""
     noise = torch.randn(shape, generator=generator)
-    timesteps = torch.randint(0, num_train_timesteps, (shape[0],), generator=generator)
+    if fixed_timesteps is not None:
+        timesteps = torch.tensor([int(timestep) for timestep in fixed_timesteps], dtype=torch.int64)
+    else:
+        timesteps = torch.randint(0, num_train_timesteps, (shape[0],), generator=generator)
     if noise_offset:
         noise = noise + noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=generator)
     return noise, timesteps

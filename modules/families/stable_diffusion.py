@@ -138,7 +138,7 @@ class TextToImageLossModel(LossModule):
             latents = DiagonalGaussianDistribution(parameters).sample(generator=generator)
             latents = latents * self.vae.config.scaling_factor
         noise, timesteps = draw_noise(latents.shape, family.noise_scheduler.config.num_train_timesteps, generator,
-                                      family.preset.training.noise_offset)
+                                      family.preset.training.noise_offset, getattr(batch, "fixed_timesteps", None))
         latents = latents.float()
         noise, timesteps = noise.to(device), timesteps.to(device)
         noisy = family.noise_scheduler.add_noise(latents, noise, timesteps)
@@ -278,9 +278,12 @@ class StableDiffusionFamily(Family):
     # --- the loss -----------------------------------------------------------------
 
     def captions_of(self, batch, generator: torch.Generator) -> list[str]:
-        """The micro-batch's captions, each dropped to '' with probability data.caption_dropout."""
+        """The micro-batch's captions, each dropped to '' with probability data.caption_dropout (never in a
+        validation batch: one with fixed timesteps)."""
         if batch.captions is None:
             raise RuntimeError(f"{self.name} trains on captions, but the micro-batch carries none")
+        if getattr(batch, "fixed_timesteps", None) is not None:
+            return list(batch.captions)
         dropped = torch.rand(len(batch.captions), generator=generator) < self.preset.data.caption_dropout
         return ["" if drop else caption for caption, drop in zip(batch.captions, dropped.tolist())]
 

@@ -41,7 +41,7 @@ class UnetLossModel(LossModule):
         device = self.unet.device
         clean = batch.pixels
         noise, timesteps = draw_noise(clean.shape, self.noise_scheduler.config.num_train_timesteps, generator,
-                                      self.noise_offset)
+                                      self.noise_offset, getattr(batch, "fixed_timesteps", None))
         clean, noise, timesteps = clean.to(device), noise.to(device), timesteps.to(device)
         noisy = self.noise_scheduler.add_noise(clean, noise, timesteps)
         target = training_target(self.noise_scheduler, clean, noise, timesteps)

@@ -5,12 +5,13 @@ Shaped like accelerate's `register_for_checkpointing`: a part has a `name`,
 `{part.name: part.state_dict()}` for every part into `optimizer.pt`
 (`torch.save`, read back with `weights_only=True`: tensors and plain values
 only); resuming walks the same list and hands each part the entry of its
-name. A new part (EMA) is one more entry in `checkpointed_parts`.
+name. A new part is one more entry in `checkpointed_parts`.
 
     optimizer      the optimizer's state (moments, step counts, prodigy's d)
     scaler         the GradScaler of fp16 mixed precision (only when there is one)
     train_weights  schedule-free optimizers: the train-mode weights (the checkpoint's
                    weights are the eval-mode average), so training continues bit for bit
+    ema            training.ema: the EMA of the trained weights (`modules.training.ema`)
 """
 
 from pathlib import Path
@@ -65,13 +66,15 @@ class TrainWeightsPart:
         load_family_weights(self.family, state, folder)
 
 
-def checkpointed_parts(optimizer, optimizer_type: str, scaler, family, schedule_free: bool) -> list:
-    """The parts of this run, in the order they are restored."""
+def checkpointed_parts(optimizer, optimizer_type: str, scaler, family, schedule_free: bool, ema=None) -> list:
+    """The parts of this run, in the order they are restored (`ema`: the run's EmaPart, or None)."""
     parts = [OptimizerPart(optimizer, optimizer_type)]
     if scaler is not None:
         parts.append(GradScalerPart(scaler))
     if schedule_free:
         parts.append(TrainWeightsPart(family))
+    if ema is not None:
+        parts.append(ema)
     return parts
 
 

@@ -5,8 +5,8 @@ Contract (SPEC §1, §9):
   `plan.micro_batch_window(u)`, by global index e * M + index (`window_of`).
 - Each micro-batch's loss is `micro_batch_loss`: the family's loss model on
   the batch, with the generator seeded from (seed, global micro-batch, rank),
-  under the accelerator's autocast. A validation loss calls the same function
-  under `torch.no_grad()`.
+  under the accelerator's autocast. The validation loss (`modules.training.validation`)
+  calls the same `loss_with_generator` under `torch.no_grad()`, with its own generator.
 - The loss is divided by the number of micro-batches the window really holds
   (the last window of an epoch may be partial), gradients are synchronised
   between processes only on the window's last micro-batch (`no_sync` before),
@@ -43,7 +43,12 @@ def window_of(plan, global_step: int) -> range:
 
 def micro_batch_loss(accelerator, model, batch, seed: int, global_micro_batch: int, rank: int) -> torch.Tensor:
     """The family's loss of one micro-batch, its noise drawn from (seed, global micro-batch, rank)."""
-    generator = torch_generator(seed, global_micro_batch, rank)
+    return loss_with_generator(accelerator, model, batch, torch_generator(seed, global_micro_batch, rank))
+
+
+def loss_with_generator(accelerator, model, batch, generator: torch.Generator) -> torch.Tensor:
+    """The family's loss of one micro-batch under the accelerator's autocast, every draw from `generator`
+    (the training step's seeded one, or the validation loss's)."""
     with accelerator.autocast():
         return model(batch, generator)
 

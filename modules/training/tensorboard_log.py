@@ -32,6 +32,11 @@ class TensorBoardLog:
             self.writer.add_scalar(f"lr_effective/{name}", lr, step)
         self.writer.add_scalar("loss/train", loss, step)
 
+    def log_scalars(self, step: int, values: dict[str, float]) -> None:
+        """Tag -> value at `step` (the validation losses, ema/decay)."""
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
     def log_concept_samples(self, step: int, counts: dict[str, int]) -> None:
         """`data/samples/<concept>`: the samples of each concept an epoch trained, logged at its last step."""
         for name, count in counts.items():

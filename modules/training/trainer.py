@@ -71,11 +71,13 @@ from modules.data.datasets import build_dataset, training_sizes
 from modules.families.base import build_family, family_class
 from modules.families.unet_models import check_training_sizes
 from modules.training.checkpointed_parts import checkpointed_parts, load_family_weights, load_parts, parts_state
+from modules.training.ema import EMA_DECAY_TAG, ema_applied, ema_part, load_final_ema
 from modules.training.optimizers import build_optimizer, is_schedule_free, logged_lrs, schedule_free_eval
 from modules.training.output_lock import hold_output_dir
 from modules.training.precision import (ddp_kwargs, mixed_precision_mode, release_cached_components,
                                         reset_accelerate_state, set_up_memory)
 from modules.training.step import optimizer_step, seed_process_rng, window_of
+from modules.training.validation import VALIDATION_TAG, build_validation_set, evaluate
 
 
 @dataclass
@@ -141,6 +143,8 @@ class Run:
     dataset: object
     trained_parameters: list
     say: Callable[[str], None]
+    ema: object = None            # training.ema: the EmaPart (also in `parts`)
+    validation: object = None     # output.validate_every: the ValidationSet
     tensorboard: object = None
 
     @property
@@ -194,8 +198,10 @@ def train(preset: Preset, *, resume: bool | str | Path | None = None, rebase_sch
             say(f"resuming from '{folder}' at step {global_step} of {plan.total_steps}")
         say(f"model: {plan.model_type} ({preset.training.method}); device: {accelerator.device}, "
             f"processes: {world}, mixed precision: {accelerator.mixed_precision}")
-        prepare_caches(preset, run.family, run.dataset, plan, run.rank,
-                       global_step, accelerator, say, progress_bar and run.is_main)
+        prepare_caches(preset, run.family, run.dataset, plan, run.rank, global_step, accelerator, say,
+                       progress_bar and run.is_main, run.validation.captions if run.validation else ())
+        if run.validation is not None:  # before the caches may move the VAE off the device
+            run.validation.prepare(run.family, accelerator)
         release_cached_components(preset, run.family, accelerator, say)
         command_for = resume_command_for or (lambda checkpoint: resume_command(checkpoint, world))
         return training_loop(run, global_step, folder, on_step=on_step, should_stop=should_stop,
@@ -246,7 +252,8 @@ def finished_already(preset, plan, output_dir: Path, folder: Path, loaded, is_ma
     if is_main and not final_model.is_dir():  # written by rename, so a folder there is complete
         family = build_family(preset, plan)
         load_family_weights(family, loaded.weights, folder)  # the eval-mode weights of the last checkpoint
-        write_final_model(family, output_dir)
+        with load_final_ema(preset, family, loaded.optimizer, folder):
+            write_final_model(family, output_dir)
     say(f"this run already finished: {loaded.state.global_step} of {plan.total_steps} steps "
         f"(checkpoint '{folder}'); the final model is in '{final_model}'")
     return TrainResult(output_dir, loaded.state.global_step, plan.total_steps, True, folder, None)
@@ -263,12 +270,14 @@ def set_up(preset: Preset, plan, curve, accelerator, output_dir: Path, loaded, s
     optimizer = build_optimizer(family.model, preset, plan.warmup_steps, family.parameter_components(),
                                 (curve.group_names, curve.base_lrs))
     model, optimizer = accelerator.prepare(family.model, optimizer)
+    ema = ema_part(preset, family)  # after `prepare`: its copy of the weights lives on their device
     parts = checkpointed_parts(optimizer, preset.optimizer.type, accelerator.scaler, family,
-                               is_schedule_free(preset.optimizer.type))
+                               is_schedule_free(preset.optimizer.type), ema)
     # Listed once: walking a pipeline's module tree for its parameters costs milliseconds per step.
     trained_parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    validation = build_validation_set(preset, plan, family, accelerator.process_index, accelerator.num_processes)
     return Run(preset, plan, curve, accelerator, output_dir, family, model, optimizer, parts, dataset,
-               trained_parameters, say)
+               trained_parameters, say, ema, validation)
 
 
 def restore(run: Run, loaded) -> int:
@@ -299,7 +308,8 @@ def open_outputs(run: Run, folder, loaded, changes, global_step: int):
 
 
 def train_one_step(run: Run, stream, global_step: int):
-    """Optimizer step `global_step` at its planned LR: (mean loss over every process, logged LRs, effective LRs)."""
+    """Optimizer step `global_step` at its planned LR, then the EMA update when due: (mean loss over every
+    process, logged LRs, effective LRs, the EMA decay applied or None)."""
     set_learning_rates(run.optimizer, run.curve, global_step)
     outcome = optimizer_step(run.accelerator, run.model, run.optimizer, stream, window_of(run.plan, global_step),
                              seed=run.preset.training.seed, rank=run.rank,
@@ -307,10 +317,11 @@ def train_one_step(run: Run, stream, global_step: int):
     names = run.curve.group_names
     lrs = dict(zip(names, logged_lrs(run.optimizer)))
     effective = dict(zip(names, outcome.effective_lrs)) if outcome.effective_lrs is not None else None
+    decay = run.ema.after_step(global_step + 1) if run.ema is not None else None
     loss = outcome.loss
     if run.accelerator.num_processes > 1:
         loss = run.accelerator.reduce(loss, reduction="mean")
-    return float(loss), lrs, effective
+    return float(loss), lrs, effective, decay
 
 
 def training_loop(run: Run, global_step: int, last_checkpoint, *, on_step, should_stop, progress_bar: bool,
@@ -326,16 +337,22 @@ def training_loop(run: Run, global_step: int, last_checkpoint, *, on_step, shoul
     run.model.train()
     try:
         while global_step < total_steps:
-            loss, lrs, effective = train_one_step(run, stream, global_step)
+            loss, lrs, effective, decay = train_one_step(run, stream, global_step)
             step, global_step = global_step, global_step + 1
+            validation = validate(run) if global_step in plan.validation_steps else None
+            if validation is not None:
+                say_to_bar(bar, say, f"validation after step {global_step}: loss {validation[VALIDATION_TAG]:.5g}")
             elapsed = time.perf_counter() - started
             eta = elapsed / (global_step - first_step) * (total_steps - global_step)
             if run.is_main:
                 run.tensorboard.log_step(step, loss, lrs, effective)
+                run.tensorboard.log_scalars(step, {**(validation or {}),
+                                                   **({EMA_DECAY_TAG: decay} if decay is not None else {})})
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs[DEFAULT_GROUP_NAME]:.3g}", refresh=False)
                 bar.update(1)
                 if on_step is not None:
-                    on_step(StepReport(step, total_steps, plan.position(step)[0], loss, lrs, elapsed, eta, effective))
+                    on_step(StepReport(step, total_steps, plan.position(step)[0], loss, lrs, elapsed, eta, effective,
+                                       validation, decay))
                 if global_step in plan.sample_steps:
                     save_samples(run, global_step)
                 if global_step % plan.steps_per_epoch == 0 or global_step == total_steps:
@@ -343,7 +360,8 @@ def training_loop(run: Run, global_step: int, last_checkpoint, *, on_step, shoul
             stop = _agreed_stop(run, should_stop)
             if global_step in plan.checkpoint_steps or (stop and global_step < total_steps):
                 if global_step == total_steps:
-                    save_final_model(run.accelerator, run.optimizer, run.family, run.output_dir, run.is_main)
+                    save_final_model(run.accelerator, run.optimizer, run.family, run.output_dir, run.is_main,
+                                     run.ema)
                 last_checkpoint = save_checkpoint(run, global_step)
                 say_to_bar(bar, say, f"checkpoint: {last_checkpoint}")
             if stop and global_step < total_steps:
@@ -355,6 +373,11 @@ def training_loop(run: Run, global_step: int, last_checkpoint, *, on_step, shoul
         bar.close()
     say(f"finished {total_steps} steps; final model: {run.output_dir / paths.FINAL_MODEL_DIR}")
     return TrainResult(run.output_dir, global_step, total_steps, True, last_checkpoint, None)
+
+
+def validate(run: Run) -> dict[str, float]:
+    """The validation losses of the weights now, on every process (`modules.training.validation`)."""
+    return evaluate(run.validation, run.accelerator, run.model, run.ema)
 
 
 def log_concept_samples(run: Run, step: int) -> None:
@@ -402,7 +425,8 @@ def save_samples(run: Run, step: int) -> None:
     from PIL import Image
 
     unwrapped = run.accelerator.unwrap_model(run.model)
-    with schedule_free_eval(run.optimizer, unwrapped), torch.no_grad(), run.accelerator.autocast():
+    with schedule_free_eval(run.optimizer, unwrapped), ema_applied(run.ema), torch.no_grad(), \
+            run.accelerator.autocast():
         images = run.family.sample(run.preset.training.seed)
     samples_dir = run.output_dir / paths.SAMPLES_DIR
     samples_dir.mkdir(parents=True, exist_ok=True)
@@ -460,10 +484,11 @@ def say_to_bar(bar, say, message: str) -> None:
         bar.refresh()
 
 
-def save_final_model(accelerator, optimizer, family, output_dir: Path, is_main: bool) -> None:
-    """output.dir/model: the family's final model (schedule-free: the eval-mode weights), replaced atomically."""
+def save_final_model(accelerator, optimizer, family, output_dir: Path, is_main: bool, ema=None) -> None:
+    """output.dir/model: the family's final model (schedule-free: the eval-mode weights; with an EMA: the EMA
+    weights), replaced atomically."""
     if is_main:
-        with schedule_free_eval(optimizer, family.model):
+        with schedule_free_eval(optimizer, family.model), ema_applied(ema):
             write_final_model(family, output_dir)
     accelerator.wait_for_everyone()
 

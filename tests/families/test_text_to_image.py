@@ -411,3 +411,38 @@ def test_resuming_with_other_lora_settings_is_refused_and_keeps_the_checkpoint(t
         with pytest.raises(ConfigError, match="do not fit the model"):
             quiet(other, resume=True)
     assert quiet(preset, resume=True).finished  # the checkpoint is intact
+
+
+# --- SPEC §11: validation and EMA on the text-to-image families --------------------------------------
+
+def lora_file(output_dir) -> dict:
+    return load_file(Path(output_dir) / "model" / "pytorch_lora_weights.safetensors")
+
+
+def test_validation_with_lora_dropout_and_caption_dropout_changes_no_trained_weight(tmp_path, pipelines, captioned):
+    """LoRA dropout draws from the global torch RNG and caption dropout from the step's generator: the
+    validation pass (eval mode, its own generators) must leave both untouched."""
+    runs = {}
+    for name, output in (("plain", {}), ("validated", {"validate_every": 2, "validation_timesteps": [10, 900]})):
+        preset = text_preset(tmp_path, pipelines, captioned, "stable_diffusion", out=name,
+                             data={"validation_split": 0.4}, lora={"rank": RANK, "alpha": ALPHA, "dropout": 0.3},
+                             training={"ema": True, "ema_decay": 0.9}, output=output)
+        quiet(preset)
+        runs[name] = preset
+    plain, validated = lora_file(runs["plain"].output.dir), lora_file(runs["validated"].output.dir)
+    assert plain.keys() == validated.keys() and all(torch.equal(plain[key], validated[key]) for key in plain)
+    events = scalar_events(runs["validated"].output.dir)
+    assert {"loss/validation", "loss/validation/images", "loss/validation/non_ema"} <= set(events)
+
+
+def test_sdxl_validation_from_the_caches_equals_validation_without_them(tmp_path, pipelines, captioned):
+    """The VAE latents and caption embeddings of the validation images, cached or not, give the same losses."""
+    values = []
+    for name, data in (("direct", {}), ("cached", {"cache_latents": True, "cache_text_embeddings": True})):
+        preset = text_preset(tmp_path, pipelines, captioned, "stable_diffusion_xl", out=name,
+                             data={"validation_split": 0.4, "caption_dropout": 0.0, **data},
+                             optimizer={"text_encoder_lr": None, "text_encoder_stop_after": None},
+                             output={"validate_every": 3, "validation_timesteps": [100, 700]})
+        quiet(preset)
+        values.append(scalar_events(preset.output.dir)["loss/validation"])
+    assert values[0] == values[1] and len(values[0]) == 2
