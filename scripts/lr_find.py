@@ -1,7 +1,7 @@
 """LR range test: train a throw-away copy of the preset with a rising LR and suggest a base LR.
 
     python scripts/lr_find.py PRESET [--set KEY=VALUE]... [--min-lr 1e-7] [--max-lr 1] [--steps 100]
-                              [--csv FILE] [--png FILE]
+                              [--loss train|validation] [--csv FILE] [--png FILE]
 
 The LR of `optimizer.lr`'s group rises geometrically from --min-lr to
 --max-lr over --steps optimizer steps (other groups keep their ratio to it)
@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-lr", type=float, default=DEFAULT_MIN_LR, help="LR of the first step (default 1e-7)")
     parser.add_argument("--max-lr", type=float, default=DEFAULT_MAX_LR, help="LR of the last step (default 1)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps of the sweep (default 100)")
+    parser.add_argument("--loss", choices=("train", "validation"), default="train",
+                        help="the loss read after each step: the training loss (default) or the validation loss "
+                             "(smoother; needs data.validation_split or a validation concept)")
     parser.add_argument("--csv", metavar="FILE", help="write step,lr,loss,smoothed_loss")
     parser.add_argument("--png", metavar="FILE", help="write a picture of loss against LR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -49,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "leaves untouched: write it elsewhere")
         print(f"LR range test: lr {args.min_lr:g} -> {args.max_lr:g} over {args.steps} steps "
               "(a throw-away copy; nothing is written to output.dir)")
-        result = lr_range_test(preset, args.min_lr, args.max_lr, args.steps, progress_bar=not args.no_progress)
+        result = lr_range_test(preset, args.min_lr, args.max_lr, args.steps, progress_bar=not args.no_progress,
+                               loss=args.loss)
         last = result.points[-1]
         ended = result.stop_reason or f"ran all {args.steps} steps"
         print(f"{len(result.points)} steps, last lr {last.lr:.3g}: {ended}")

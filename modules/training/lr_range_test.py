@@ -28,6 +28,14 @@ completed and used, as in training).
 The test runs in one process; with `training.num_processes` > 1 it trains on
 one process's share of each batch. Adaptive optimizers (prodigy,
 dadapt_adam) are refused: they choose their own LR.
+
+`loss="validation"` reads the validation loss (`modules.training.validation`:
+every validation image at every `output.validation_timesteps`, fixed noise)
+after each step instead of the training loss: the same weights always give the
+same number, so the curve is far smoother than the training loss (whose
+timesteps and noise change every step), at the cost of one validation pass per
+step. It needs validation images (`data.validation_split` or a concept of type
+`validation`).
 """
 
 import math
@@ -44,6 +52,9 @@ from modules.schedule.lr_curve import build_lr_curve
 from modules.families.base import build_family
 from modules.training.optimizers import build_optimizer
 from modules.training.step import optimizer_step, seed_process_rng, window_of
+from modules.training.validation import VALIDATION_TAG, ValidationSet, evaluate, validation_images
+
+LOSSES = ("train", "validation")  # what the range test reads after each step
 
 DEFAULT_MIN_LR = 1e-7
 DEFAULT_MAX_LR = 1.0
@@ -71,6 +82,7 @@ class RangeTestResult:
     suggested_lr: float | None = None
     suggested_step: int | None = None
     lr_scale: float = 1.0  # the plan's optimizer.lr_scaling factor: optimizer.lr = suggested_lr / lr_scale
+    loss_kind: str = "train"  # LOSSES: the loss each point holds
 
     @property
     def suggested_optimizer_lr(self) -> float | None:
@@ -118,8 +130,20 @@ def sweep_plan(preset: Preset, steps: int):
     return build_step_plan(preset.model_copy(update={"training": training}))
 
 
-def set_up_sweep(preset: Preset, steps: int, progress_bar: bool):
-    """(plan, accelerator, family, model, optimizer, dataset, trained parameters), as the trainer builds them."""
+def sweep_validation(preset: Preset, family, accelerator) -> ValidationSet:
+    """The validation images of `preset`, prepared; ConfigError when there are none."""
+    images = validation_images(preset, family.descriptor().takes_captions)
+    if not images:
+        raise ConfigError("--loss validation needs validation images: set data.validation_split or add a concept "
+                          "of type 'validation'", "data.validation_split")
+    validation = ValidationSet(images, preset.output.validation_timesteps, preset.training.seed, 0, 1)
+    validation.prepare(family, accelerator)
+    return validation
+
+
+def set_up_sweep(preset: Preset, steps: int, progress_bar: bool, loss: str = "train"):
+    """(plan, accelerator, model, optimizer, dataset, trained parameters, group ratios, the ValidationSet of
+    `loss` "validation" or None), as the trainer builds them."""
     from modules.training.precision import release_cached_components, set_up_memory
     from modules.training.trainer import make_accelerator
 
@@ -132,27 +156,35 @@ def set_up_sweep(preset: Preset, steps: int, progress_bar: bool):
     optimizer = build_optimizer(family.model, preset, 0, family.parameter_components(),
                                 (curve.group_names, curve.base_lrs))
     model, optimizer = accelerator.prepare(family.model, optimizer)
+    captions = [image.caption for image in validation_images(preset, family.descriptor().takes_captions)
+                if image.caption is not None] if loss == "validation" else []
     prepare_caches(preset, family, dataset, plan, 0, 0, accelerator,
-                   lambda message: None, progress_bar)
+                   lambda message: None, progress_bar, captions)
+    validation = sweep_validation(preset, family, accelerator) if loss == "validation" else None
     release_cached_components(preset, family, accelerator, lambda message: None)
     seed_process_rng(preset.training.seed, 0)
     parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
     ratios = [lr / (preset.optimizer.lr * plan.lr_scale) for lr in curve.base_lrs]
-    return plan, accelerator, model, optimizer, dataset, parameters, ratios
+    return plan, accelerator, model, optimizer, dataset, parameters, ratios, validation
 
 
 def lr_range_test(preset: Preset, min_lr: float = DEFAULT_MIN_LR, max_lr: float = DEFAULT_MAX_LR,
                   steps: int = DEFAULT_STEPS, *, on_point: Callable[[RangeTestPoint], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None, progress_bar: bool = False) -> RangeTestResult:
+                  should_stop: Callable[[], bool] | None = None, progress_bar: bool = False,
+                  loss: str = "train") -> RangeTestResult:
     """Run the test on `preset` (see the module docstring); ConfigError on bad input."""
     check_arguments(min_lr, max_lr, steps)
+    if loss not in LOSSES:
+        raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if preset.optimizer.type in ADAPTIVE_OPTIMIZERS:
         raise ConfigError(f"'{preset.optimizer.type}' sets its own LR (its d); the range test is for optimizers "
                           "with a fixed LR (prodigy and dadapt_adam usually run at lr 1.0)", "optimizer.type")
-    plan, accelerator, model, optimizer, dataset, parameters, ratios = set_up_sweep(preset, steps, progress_bar)
+    plan, accelerator, model, optimizer, dataset, parameters, ratios, validation = set_up_sweep(
+        preset, steps, progress_bar, loss)
     lrs = swept_lrs(min_lr, max_lr, steps)
     seed = preset.training.seed
-    result = RangeTestResult(min_lr=min_lr, max_lr=max_lr, planned_steps=steps, lr_scale=plan.lr_scale)
+    result = RangeTestResult(min_lr=min_lr, max_lr=max_lr, planned_steps=steps, lr_scale=plan.lr_scale,
+                             loss_kind=loss)
     stream = dataset.stream(plan, seed, 0, 0, preset.data.num_workers)
     from tqdm.auto import tqdm
 
@@ -164,7 +196,9 @@ def lr_range_test(preset: Preset, min_lr: float = DEFAULT_MIN_LR, max_lr: float 
                     group["lr"] = float(lrs[index]) * ratio
                 outcome = optimizer_step(accelerator, model, optimizer, stream, window_of(plan, index), seed=seed,
                                          rank=0, max_grad_norm=preset.training.max_grad_norm, parameters=parameters)
-                result.stop_reason = _record(result, index, float(lrs[index]), float(outcome.loss), on_point)
+                value = float(outcome.loss) if validation is None else \
+                    evaluate(validation, accelerator, model)[VALIDATION_TAG]
+                result.stop_reason = _record(result, index, float(lrs[index]), value, on_point)
                 bar.update(1)
                 bar.set_postfix(lr=f"{lrs[index]:.2e}", loss=f"{result.points[-1].smoothed_loss:.4f}"
                                 if result.points else "", refresh=False)

@@ -99,3 +99,26 @@ def test_lr_find_runs_what_training_runs_buckets_and_clipping(tmp_path):
     assert "Traceback" not in result.stderr and result.stdout.strip().splitlines()[-1].startswith("suggested lr: ")
     assert len((tmp_path / "range.csv").read_text().splitlines()) == 13  # header + 12 steps, longer than nothing
     assert not (tmp_path / "out").exists()
+
+
+def test_the_validation_loss_gives_a_smooth_curve_where_the_training_loss_jumps(tmp_path):
+    """At LRs too small to move the weights, the validation loss stays put; the training loss does not."""
+    import numpy as np
+
+    preset = tiny_preset(tmp_path, images=12, data={"validation_split": 0.3})
+    curves = {loss: [point.loss for point in lr_range_test(preset, 1e-12, 1e-11, 8, loss=loss).points]
+              for loss in ("train", "validation")}
+    assert len(curves["validation"]) == 8
+    assert np.ptp(curves["validation"]) < np.ptp(curves["train"]) / 100
+
+
+def test_the_validation_loss_needs_validation_images(tmp_path):
+    result = run(_saved(tmp_path, tiny_preset(tmp_path)), "--loss", "validation", "--steps", "5")
+    assert result.returncode == 2 and "validation_split" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _saved(tmp_path, preset) -> Path:
+    path = tmp_path / "preset.json"
+    save_preset(preset, path)
+    return path
