@@ -69,3 +69,41 @@ def test_three_concepts_on_two_processes_follow_the_preview_and_resume_exactly(t
     assert "at step 2 of 6" in third.stdout
     assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "stopped"))
     assert scalar_events(tmp_path / "stopped") == events  # epoch 0's counts span the resume
+
+
+def test_validation_and_ema_on_two_processes_resume_exactly_and_equal_one_process(tmp_path):
+    """Three validation images shared by two processes (2 + 1): the logged loss is the one-process loss of the
+    final (EMA) weights, and a stopped-and-resumed run logs the straight run's values."""
+    from modules.families.base import build_family
+    from modules.schedule.step_plan import build_step_plan
+    from modules.training.trainer import make_accelerator
+    from modules.training.validation import build_validation_set, evaluate
+
+    presets = {}
+    for out in ("straight", "stopped"):
+        raw = three_concept_preset(tmp_path, out).to_json_dict()
+        raw["data"]["concepts"].append({"path": folder_of(tmp_path / f"val_{out}", [SQUARE, WIDE, SQUARE], 40),
+                                        "type": "validation", "name": "held"})
+        raw["output"].update({"validate_every": 2, "validation_timesteps": [200, 800]})
+        raw["training"].update({"ema": True, "ema_decay": 0.7})
+        presets[out] = validate_preset(raw)
+        save_preset(presets[out], tmp_path / f"{out}.json")
+    assert run(torchrun_launch(tmp_path / "straight.json"), timeout=240).returncode == 0
+    assert run(torchrun_launch(tmp_path / "stopped.json", "--stop-at-step", 3), timeout=240).returncode == 0
+    assert run(torchrun_launch(tmp_path / "stopped.json", "--resume"), timeout=240).returncode == 0
+    straight, resumed = scalar_events(tmp_path / "straight"), scalar_events(tmp_path / "stopped")
+    for tag in ("loss/validation", "loss/validation/held", "loss/validation/non_ema", "ema/decay"):
+        assert resumed[tag] == straight[tag], tag
+    assert [step for step, _ in straight["loss/validation"]] == [1, 3, 5]
+    assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "stopped"))
+
+    one = presets["straight"].model_copy(update={"training": presets["straight"].training.model_copy(
+        update={"num_processes": 1})})
+    plan = build_step_plan(one)
+    family = build_family(one, plan)
+    family.load_trainable_state_dict(final_weights(tmp_path / "straight"))
+    validation = build_validation_set(one, plan, family, 0, 1)
+    accelerator = make_accelerator(one)
+    validation.prepare(family, accelerator)
+    assert evaluate(validation, accelerator, family.model)["loss/validation"] == \
+        pytest.approx(straight["loss/validation"][-1][1], rel=1e-6)
