@@ -179,7 +179,7 @@ class RunPanel(ctk.CTkFrame):
             legend.remove()
         shown = [line for line in (self.loss_line, self.validation_line, self.non_ema_line) if len(line.get_xdata())]
         if len(shown) > 1:  # the training loss alone needs no legend
-            legend = self.loss_axes.legend(handles=shown, fontsize="small", framealpha=0.85,
+            legend = self.loss_axes.legend(handles=shown, loc="best", fontsize="small", framealpha=0.85,
                                            facecolor=theme["legend"], edgecolor=theme["grid"])
             for text in legend.get_texts():
                 text.set_color(theme["foreground"])
