@@ -13,8 +13,8 @@ from ui.controllers.fields import DATA_MODEL_FIELDS, OUTPUT_FIELDS, TRAINING_FIE
 from ui.controllers.image_counter import ImageCounter
 from ui.controllers.preset_draft import PresetDraft, validation_ema_lines
 from ui.controllers.run_controller import RunController
-from ui.controllers.run_history import read_run_history
-from ui.curve_plot import EMA_LABEL, PreviewPlot, ema_decay_points
+from ui.controllers.run_history import RunHistory, read_run_history
+from ui.curve_plot import EMA_LABEL, PreviewPlot, ema_decay_points, make_preview_figure
 from ui.training_process import _plain
 
 NEW_KEYS = {
@@ -133,6 +133,20 @@ def test_validation_ticks_and_the_ema_line_are_drawn_exactly_when_on(ten_images)
     assert fresh.ema_axes is None and "validation" not in labelled(fresh)
 
 
+def test_the_app_figure_is_laid_out_again_when_the_ema_axis_comes_and_goes(ten_images):
+    """The app's figure reuses its layout while nothing it depends on changed; the EMA axis' visibility does."""
+    figure = make_preview_figure(6.2, 5.7)
+    FigureCanvasAgg(figure)
+    plot = PreviewPlot(figure, legend_figure=Figure())
+    FigureCanvasAgg(plot.legend_figure)
+    edges = []
+    for draft in (make_draft(ten_images), on_draft(ten_images), make_draft(ten_images)):
+        plot.update(draft.evaluate().preview, title="")
+        figure.canvas.draw()
+        edges.append(plot.axes.get_position().x1)
+    assert edges[1] < edges[0] - 0.04 and edges[2] == pytest.approx(edges[0])  # room for the EMA axis, then none
+
+
 def test_only_validation_or_only_ema_draws_only_that(ten_images):
     validation_only = make_draft(ten_images, data={"validation_split": 0.3}, output={"validate_every": 7})
     assert set(labelled(drawn(validation_only.evaluate().preview))) & {"validation", EMA_LABEL} == {"validation"}
@@ -216,3 +230,8 @@ def test_run_history_reads_the_validation_losses_from_tensorboard(ten_images, tm
         run.handle(step_event(step, 0.2, {"loss/validation": 0.4} if step == 13 else None))
     assert run.validation_points()["loss/validation"] == ([6, 13], [pytest.approx(0.56), 0.4])
     assert run.validation_points()["loss/validation/non_ema"] == ([6], [pytest.approx(0.66)])
+
+    # A log that still holds steps this session took again: from the first live step on, the live values count.
+    run.set_history(RunHistory(history.steps, history.lrs, history.losses,
+                               {"loss/validation": ([6, 13], [0.56, 0.9])}))
+    assert run.validation_points()["loss/validation"] == ([6, 13], [0.56, 0.4])
