@@ -3,7 +3,9 @@
 Used by `scripts/preview.py` (Agg, to PNG) and by the app's live preview
 (FigureCanvasTkAgg). One curve per parameter group; warmup shaded; epoch
 starts as thin lines, cycle starts dashed, checkpoints ticked along the
-bottom. Plans longer than `max_line_points` steps are drawn as a min/max
+bottom and validation steps (output.validate_every) along the top. With
+training.ema on, the EMA decay d_j of each update (SPEC §11) is drawn over
+the run on a second y axis (0..1, on the right). Plans longer than `max_line_points` steps are drawn as a min/max
 band (`modules.schedule.preview.envelope`), so a one-step restart spike in a
 million-step plan stays visible.
 
@@ -19,8 +21,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.ticker import EngFormatter, Formatter, MaxNLocator
+from matplotlib.transforms import blended_transform_factory, offset_copy
 
 from modules.config.preset import LORA_PLUS_SUFFIX
+from modules.schedule.ema_decay import decay_at_update
 from modules.schedule.preview import Preview, envelope
 
 MAX_LINE_POINTS = 4000
@@ -28,17 +32,23 @@ MAX_LINE_POINTS = 4000
 APP_LINE_POINTS = 2000
 MAX_MARKS = 300
 TITLE_PAD_POINTS = 8  # between the plan's title and the plot
+TICK_POINTS = 10  # the length of the checkpoint and validation ticks
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 DARK_COLORS = ("#5aa9e6", "#ffa24c", "#5fd35f", "#ff6b6b", "#c39bef", "#d4a373")
 
 LIGHT_THEME = {
     "background": "#ffffff", "foreground": "#1a1a1a", "grid": "#b0b0b0", "epoch": "#888888",
     "cycle": "#c0392b", "checkpoint": "#2c3e50", "warmup": "#f2c14e", "legend": "#ffffff", "colors": COLORS,
+    "validation": "#8e44ad", "ema": "#117a65",
 }
 DARK_THEME = {
     "background": "#2b2b2b", "foreground": "#dcdcdc", "grid": "#707070", "epoch": "#9a9a9a",
     "cycle": "#ff7b6b", "checkpoint": "#e8e8e8", "warmup": "#b8912a", "legend": "#333333", "colors": DARK_COLORS,
+    "validation": "#d7a6f0", "ema": "#48c9b0",
 }
+EMA_LABEL = "EMA decay (right axis)"
+EMA_LIMITS = (0.0, 1.05)  # d_j is in (0, 1): the whole range, so 0.99 and 0.999 stay apart from the LR's scale
+LEGEND_GAP_POINTS = 52  # the axes' own legend moves right past the EMA axis' tick labels and label
 
 
 class LrFormatter(Formatter):
@@ -100,6 +110,19 @@ def use_step_ticks(axis) -> None:
     axis.set_major_formatter(EngFormatter())
 
 
+def ema_decay_points(plan, max_points: int = MAX_LINE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """(steps k, 0-based, after which the EMA is updated; its decay d_j there): `plan.ema_decays()`, or for a
+    plan with more than `max_points` updates, about `max_points` evenly spaced updates and the last (d_j only
+    rises, so the line keeps its shape). Both empty when training.ema is off."""
+    every = plan.ema_update_every
+    count = plan.total_steps // every if plan.ema_decay is not None else 0
+    if count <= max_points:
+        return plan.ema_decays()
+    updates = np.unique(np.linspace(1, count, max_points).astype(np.int64))  # 1-based j; the first and the last
+    decays = np.array([decay_at_update(int(update), plan.ema_decay) for update in updates])
+    return updates * every - 1, decays
+
+
 def stopped_envelope(base_lr: float, steps: np.ndarray, low: np.ndarray, high: np.ndarray, total: int,
                      stop_step: int | None) -> tuple[np.ndarray, np.ndarray]:
     """One group's (low, high) LR per bin: base_lr times the multiplier envelope, 0 from `stop_step` on.
@@ -140,6 +163,7 @@ class PreviewPlot:
         self.blit = blit
         self.axes = axes if axes is not None else figure.add_subplot(1, 1, 1)
         self.curve_artists: dict = {}  # group name -> the line or min/max band drawn for it
+        self.ema_axes = None  # the right-hand axis of the EMA decay, made when a plan first has EMA on
         self.data_artists: list = []
         self.full_draws = 0  # how many edits needed a full draw (the benchmark reports it)
         self._static_key = None
@@ -163,6 +187,8 @@ class PreviewPlot:
             self.legend_figure.set_facecolor(theme["background"])
         self.dark = dark
         style_axes(axes, theme)
+        if self.ema_axes is not None:
+            self._style_ema_axes()
         self._static_key = None
 
     def update(self, preview: Preview, actual: dict | None = None, title: str | None = None):
@@ -184,11 +210,8 @@ class PreviewPlot:
         steps, low, high = envelope(multipliers, self.max_line_points)
         added = self._draw_marks(plan)
         added.extend(self._draw_groups(curve, total, steps, low, high, actual))
-
-        checkpoints = plan.checkpoint_steps
-        if checkpoints and len(checkpoints) <= MAX_MARKS:
-            added.extend(axes.plot(checkpoints, [0] * len(checkpoints), "|", color=theme["checkpoint"], ms=10,
-                                   mew=1.5, label="checkpoint", clip_on=False))
+        added.extend(self._draw_ticks(plan))
+        added.extend(self._draw_ema(plan))
         self.data_artists = added
 
         peak = float(high.max()) * max(curve.base_lrs) if total else 1.0
@@ -203,8 +226,9 @@ class PreviewPlot:
             axes.set_xlim(*limits[0])
             axes.set_ylim(*limits[1])
             self._draw_legend(added, labels)
-            axes.set_title(title_text, fontsize="medium", color=theme["foreground"], pad=TITLE_PAD_POINTS,
-                           linespacing=1.3)
+            # The validation ticks reach half their length above the top edge: the title keeps clear of them.
+            pad = TITLE_PAD_POINTS + (TICK_POINTS / 2 if "validation" in labels else 0)
+            axes.set_title(title_text, fontsize="medium", color=theme["foreground"], pad=pad, linespacing=1.3)
             self._static_key = static_key
             self._needs_full_draw = True
         if self.blit:
@@ -230,6 +254,47 @@ class PreviewPlot:
                                           label=None if index else
                                           "phase start" if plan.schedule.type == "sequence" else "cycle start"))
         return added
+
+    def _draw_ticks(self, plan) -> list:
+        """Checkpoints ticked along the bottom, validation steps along the top (at the step count s after
+        which each is taken, like the checkpoints)."""
+        axes, theme = self.axes, self.theme
+        added = []
+        checkpoints = plan.checkpoint_steps
+        if checkpoints and len(checkpoints) <= MAX_MARKS:
+            added.extend(axes.plot(checkpoints, [0] * len(checkpoints), "|", color=theme["checkpoint"], ms=TICK_POINTS,
+                                   mew=1.5, label="checkpoint", clip_on=False))
+        validations = plan.validation_steps
+        if validations and len(validations) <= MAX_MARKS:
+            top = blended_transform_factory(axes.transData, axes.transAxes)  # x in steps, y at the top edge
+            added.extend(axes.plot(list(validations), [1.0] * len(validations), "|", color=theme["validation"],
+                                   ms=TICK_POINTS, mew=1.5, label="validation", clip_on=False, transform=top))
+        return added
+
+    def _draw_ema(self, plan) -> list:
+        """training.ema: the decay d_j of each EMA update over the run, on the right axis (0..1); the axis is
+        hidden when EMA is off."""
+        steps, decays = ema_decay_points(plan, self.max_line_points)
+        if not len(steps):
+            if self.ema_axes is not None:
+                self.ema_axes.set_visible(False)
+            return []
+        if self.ema_axes is None:
+            self.ema_axes = self.axes.twinx()
+            self._style_ema_axes()
+        self.ema_axes.set_visible(True)
+        # steps-post, as the LR: the decay of the update after step k holds until the next update.
+        return self.ema_axes.plot(np.append(steps, plan.total_steps), np.append(decays, decays[-1]),
+                                  color=self.theme["ema"], lw=1.4, drawstyle="steps-post", label=EMA_LABEL)
+
+    def _style_ema_axes(self) -> None:
+        theme, axes = self.theme, self.ema_axes
+        axes.set_ylim(*EMA_LIMITS)
+        axes.set_ylabel("EMA decay", color=theme["ema"])
+        axes.tick_params(axis="y", colors=theme["ema"], which="both")
+        for spine in axes.spines.values():
+            spine.set_color(theme["foreground"])
+        axes.spines["right"].set_color(theme["ema"])
 
     def _draw_groups(self, curve, total: int, steps, low, high, actual: dict | None) -> list:
         """Each group's LR curve (a line, or min-max bins for `total` steps binned) and the LR it really used."""
@@ -267,8 +332,14 @@ class PreviewPlot:
         if self.legend_figure is None:
             if axes.get_legend() is not None:
                 axes.get_legend().remove()
-            # Beside the axes, so it never hides the curve (constrained layout makes room for it).
-            legend = axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **style)
+            # Beside the axes, so it never hides the curve (constrained layout makes room for it); past the
+            # EMA axis' labels when that is shown. The handles of both axes, in drawing order.
+            handles = [artist for artist in artists if not artist.get_label().startswith("_")]
+            beside = axes.transAxes
+            if self.ema_axes is not None and self.ema_axes.get_visible():
+                beside = offset_copy(axes.transAxes, fig=self.figure, x=LEGEND_GAP_POINTS, units="points")
+            legend = axes.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                                 bbox_transform=beside, borderaxespad=0.0, **style)
         else:
             if (labels, self.dark) == self._legend_key:
                 return
@@ -314,7 +385,7 @@ class ReusedConstrainedLayout(ConstrainedLayoutEngine):
     edits usually only the curve changes, so the margins are reused until
     the canvas size, a title or label, the legend entries, the order of
     magnitude of the y range (the width of the tick labels) or the number
-    of digits of the x range differ.
+    of digits of the x range differ, or an axes is shown or hidden.
     """
 
     def __init__(self, **kwargs):
@@ -335,6 +406,7 @@ class ReusedConstrainedLayout(ConstrainedLayoutEngine):
             low, high = axes.get_ylim()
             magnitude = max(abs(low), abs(high))
             parts.append((
+                axes.get_visible(),  # the EMA axis, shown or hidden with training.ema
                 tuple(text.get_text() for text in legend.get_texts()) if legend is not None else (),
                 axes.get_title(), axes.get_xlabel(), axes.get_ylabel(),
                 math.floor(math.log10(magnitude)) if magnitude > 0 else None,

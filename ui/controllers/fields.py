@@ -55,6 +55,9 @@ DATA_MODEL_FIELDS = (
     FieldSpec("data.bucket_step", "Bucket step", "int", "bucket sides are multiples of this (a multiple of 8)"),
     FieldSpec("data.bucket_max_aspect", "Max aspect", "float", "longest bucket side / shortest, at most"),
     FieldSpec("data.num_workers", "Data workers", "int", "processes decoding images ahead of training (0: none)"),
+    FieldSpec("data.validation_split", "Validation split", "float",
+              "this fraction of each train concept's images (0..0.5) is held out for the validation loss, "
+              "chosen by content hash: stable across runs"),
     FieldSpec("model.type", "Model type", "choice",
               "auto reads the folder's model_index.json; SD / SDXL train on captioned images",
               choices=MODEL_TYPES),
@@ -143,6 +146,11 @@ TRAINING_FIELDS = (
     FieldSpec("training.device", "Device", "choice", "auto picks cuda when available", choices=("auto", "cpu", "cuda")),
     FieldSpec("training.mixed_precision", "Mixed precision", "choice", "lower-precision maths on GPU",
               choices=("no", "fp16", "bf16", "auto")),
+    FieldSpec("training.ema", "EMA", "bool",
+              "keep an exponential moving average of the weights: samples, validation and the final model use it"),
+    FieldSpec("training.ema_decay", "EMA decay", "float",
+              "the EMA's decay (0..1, e.g. 0.999); its j-th update uses min(decay, j / (9 + j))"),
+    FieldSpec("training.ema_update_every", "EMA update every", "int", "optimizer steps between EMA updates (>= 1)"),
     FieldSpec("optimizer.type", "Optimizer", "choice", "schedule-free ones need the constant schedule",
               choices=OPTIMIZER_TYPES),
     FieldSpec("optimizer.lr", "Learning rate", "float", "peak LR of the parameters no group matches (group unet)"),
@@ -168,6 +176,11 @@ OUTPUT_FIELDS = (
     FieldSpec("output.sample_every", "Sample every", "duration", DURATION_HINT + "; empty: never", optional=True),
     FieldSpec("output.sample_prompts", "Sample prompts", "json",
               'SD / SDXL: the prompts sampled, e.g. ["a photo of a cat"]'),
+    FieldSpec("output.validate_every", "Validate every", "duration",
+              "the validation loss (and at the last step): " + DURATION_HINT + "; empty: never. Needs a "
+              "validation concept or a validation split", optional=True),
+    FieldSpec("output.validation_timesteps", "Validation timesteps", "json",
+              "the validation loss is the mean over these noise timesteps, e.g. [100, 300, 500, 700, 900]"),
 )
 
 # SPEC §13: the same name means another curve in diffusers, transformers and kohya sd-scripts.

@@ -701,3 +701,19 @@ def concept_lines(preview: Preview | None) -> list[str]:
         return []
     lines = preview.dataset_lines()
     return [line[2:] for line in lines] if len(lines) > 1 else []
+
+
+def validation_ema_lines(preview: Preview | None, max_listed: int = 8) -> list[str]:
+    """Under the plan's summary, the CLI's validation and EMA lines (SPEC §11): "validation at 7, 14, 21
+    (every 7 steps and the last step), over 3 images" and the EMA decay's start and end; [] when both are off."""
+    from modules.schedule.preview import ema_lines, validation_lines
+
+    if preview is None:
+        return []
+
+    def listing(steps) -> str:
+        shown = ", ".join(str(step) for step in steps[:max_listed])
+        return shown + (f", ... ({len(steps)} in all)" if len(steps) > max_listed else "")
+
+    plan = preview.plan
+    return [" ".join(line.split()) for line in (*validation_lines(plan, listing), *ema_lines(plan))]

@@ -3,7 +3,8 @@
 `RunController` receives the events of `ui.training_process` (see its
 docstring for their form) and keeps the progress (step/total, ETA), the
 latest loss and LRs, the LR each group really used at each step (drawn over
-the planned curve), the loss history and the log. It knows nothing of
+the planned curve), the loss history, the validation losses (SPEC §11: each
+TensorBoard tag's value at the steps where validation ran) and the log. It knows nothing of
 processes or widgets; the view feeds it events and draws its getters.
 
 After Resume, the steps before the resume point come from the run's
@@ -16,7 +17,7 @@ import copy
 from dataclasses import dataclass, field
 
 from modules.schedule.preview import Preview
-from ui.controllers.run_history import RunHistory
+from ui.controllers.run_history import VALIDATION_TAG, RunHistory
 
 MAX_LOG_LINES = 2000
 
@@ -46,6 +47,9 @@ class RunController:
     used_lrs: dict[str, list[float]] = field(default_factory=dict)
     used_effective_lrs: dict[str, list[float]] = field(default_factory=dict)  # prodigy / dadapt_adam: d * lr
     losses: list[float] = field(default_factory=list)
+    # TensorBoard tag (loss/validation, loss/validation/<concept>, loss/validation/non_ema) -> (steps k, values)
+    validation: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
+    validation_loss: float | None = None  # the latest loss/validation
     log_lines: list[str] = field(default_factory=list)
     error: str | None = None
     result: dict | None = None
@@ -99,6 +103,7 @@ class RunController:
             for name, lr in (report.get("effective_lrs") or {}).items():
                 self.used_effective_lrs.setdefault(name, []).append(float(lr))
             self.losses.append(self.loss)
+            self._add_validation(index, report.get("validation"))
         elif kind == "log":
             self.log(str(event[1]))
         elif kind == "finished":
@@ -123,6 +128,15 @@ class RunController:
             if len(event) > 2 and event[2]:
                 self.log(str(event[2]).rstrip())
             self.log(f"Error: {self.error}")
+
+    def _add_validation(self, index: int, values: dict | None) -> None:
+        """The validation taken after optimizer step `index` (0-based), as StepReport.validation gives it."""
+        for tag, value in (values or {}).items():
+            steps, losses = self.validation.setdefault(str(tag), ([], []))
+            steps.append(index)
+            losses.append(float(value))
+        if values and VALIDATION_TAG in values:
+            self.validation_loss = float(values[VALIDATION_TAG])
 
     # --- what the view shows -------------------------------------------------
 
@@ -157,7 +171,8 @@ class RunController:
     def values_text(self) -> str:
         loss = "--" if self.loss is None else f"{self.loss:.4f}"
         lrs = ", ".join(f"{name} {lr:.3e}" for name, lr in self.lrs.items()) or "--"
-        return f"loss {loss}    LR {lrs}"
+        validation = "" if self.validation_loss is None else f"    validation loss {self.validation_loss:.4f}"
+        return f"loss {loss}{validation}    LR {lrs}"
 
     def _series(self) -> tuple[list[int], dict[str, list[float]], list[float]]:
         """Steps, LRs and losses: the history before the first step of this session, then this session's."""
@@ -192,6 +207,22 @@ class RunController:
         steps, _, losses = self._series()
         keep = _thinned(len(steps), max_points)
         return [steps[i] for i in keep], [losses[i] for i in keep]
+
+
+    def validation_points(self, max_points: int | None = None) -> dict[str, tuple[list[int], list[float]]]:
+        """TensorBoard tag -> (steps k, values) of each validation loss: the history's points before this
+        session's first step, then this session's (thinned like `loss_points` beyond `max_points`)."""
+        first_live = self.used_steps[0] if self.used_steps else None
+        found = {}
+        for tag in dict.fromkeys([*self.history.validation, *self.validation]):
+            old_steps, old_values = self.history.validation.get(tag, ([], []))
+            keep = [i for i, step in enumerate(old_steps) if first_live is None or step < first_live]
+            live_steps, live_values = self.validation.get(tag, ([], []))
+            steps = [old_steps[i] for i in keep] + live_steps
+            values = [old_values[i] for i in keep] + live_values
+            shown = _thinned(len(steps), max_points)
+            found[tag] = ([steps[i] for i in shown], [values[i] for i in shown])
+        return found
 
 
 def _thinned(count: int, max_points: int | None) -> range | list[int]:

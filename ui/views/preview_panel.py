@@ -3,7 +3,7 @@
 `PreviewPanel.show(state)` draws a `PreviewState` from the draft
 controller: the curve (via `ui.curve_plot.PreviewPlot`, the same drawing
 code as `scripts/preview.py`), the plan's summary line (and its aspect-ratio
-buckets) and warnings, and,
+buckets, validation steps and EMA decay) and warnings, and,
 when the draft is invalid, the validator's message over the last valid
 curve. The Figure and axes live as long as the panel; a redraw replaces the
 data and asks for `draw_idle`.
@@ -14,7 +14,7 @@ from matplotlib.backends.backend_tkagg import FigureCanvasTkAgg
 from matplotlib.figure import Figure
 
 from modules.schedule.preview import bucket_lines
-from ui.controllers.preset_draft import PreviewState, concept_lines
+from ui.controllers.preset_draft import PreviewState, concept_lines, validation_ema_lines
 from ui.curve_plot import APP_LINE_POINTS, PreviewPlot, make_preview_figure
 from ui.views.fields_panel import ERROR_COLOR, HINT_COLOR
 
@@ -95,7 +95,8 @@ class PreviewPanel(ctk.CTkFrame):
             self.shown = state.preview
             self.plot.render()
             plan = state.preview.plan
-            self.summary.configure(text="\n".join([plan.summary(), *(line.strip() for line in bucket_lines(plan))]))
+            self.summary.configure(text="\n".join([plan.summary(), *(line.strip() for line in bucket_lines(plan)),
+                                                   *validation_ema_lines(state.preview)]))
             self._show_concepts(concept_lines(state.preview))
         if state.fresh:
             self.warnings.configure(text="\n".join(f"warning: {line}" for line in state.warnings))

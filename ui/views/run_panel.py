@@ -3,7 +3,9 @@
 `RunPanel` only draws a `RunController`: `show(run)` updates the texts and
 progress bar, `plot(run)` redraws the planned LR curve with the LR really
 used at each step over it (`PreviewPlot.update(actual=...)`) and the loss
-beside it. The buttons call the injected callbacks; "Continue on the new
+beside it, on the same step axis: the training loss, and where validation
+ran (SPEC §11) the validation loss at those steps, with EMA also the
+trained weights' (non-EMA) validation loss, lighter. The buttons call the injected callbacks; "Continue on the new
 plan" appears only after Resume was refused because the plan changed.
 """
 
@@ -13,6 +15,7 @@ import customtkinter as ctk
 from matplotlib.backends.backend_tkagg import FigureCanvasTkAgg
 
 from ui.controllers.run_controller import RunController
+from ui.controllers.run_history import NON_EMA_VALIDATION_TAG, VALIDATION_TAG
 from ui.curve_plot import PreviewPlot, style_axes, use_step_ticks
 from ui.views.fields_panel import ERROR_COLOR
 from ui.views.preview_panel import PREVIEW_LINE_POINTS, is_dark, make_figure
@@ -56,7 +59,10 @@ class RunPanel(ctk.CTkFrame):
         self.figure = make_figure(10.0, 3.6)
         lr_axes, self.loss_axes = self.figure.subplots(1, 2, width_ratios=(3, 2))
         self.lr_plot = PreviewPlot(self.figure, dark=is_dark(), max_line_points=PREVIEW_LINE_POINTS, axes=lr_axes)
-        (self.loss_line,) = self.loss_axes.plot([], [], lw=1.0)
+        (self.loss_line,) = self.loss_axes.plot([], [], lw=1.0, label="loss/train")
+        (self.validation_line,) = self.loss_axes.plot([], [], "o-", lw=1.4, ms=4, label="loss/validation")
+        (self.non_ema_line,) = self.loss_axes.plot([], [], "o--", lw=1.0, ms=3, alpha=0.45,
+                                                   label="loss/validation/non_ema")
         self.loss_axes.set_xlabel("optimizer step")
         self.loss_axes.set_ylabel("loss")
         use_step_ticks(self.loss_axes.xaxis)
@@ -74,6 +80,8 @@ class RunPanel(ctk.CTkFrame):
         theme = self.lr_plot.theme
         style_axes(self.loss_axes, theme)
         self.loss_line.set_color(theme["colors"][2])
+        for line in (self.validation_line, self.non_ema_line):
+            line.set_color(theme["validation"])
 
     @staticmethod
     def _show_tick_labels(axes, shown: bool, y_shown: bool | None = None) -> None:
@@ -122,6 +130,10 @@ class RunPanel(ctk.CTkFrame):
         axes.set_ylabel("effective LR (d x lr)" if points else "", color=theme["foreground"])
         axes.tick_params(colors=theme["foreground"], which="both")
         axes.set_visible(bool(points))
+        # With EMA on, the EMA decay's axis is on the right too: this one goes outside it.
+        ema_axes = self.lr_plot.ema_axes
+        beside = ema_axes is not None and ema_axes.get_visible()
+        axes.spines["right"].set_position(("outward", 55 if beside else 0))
 
     def plot_plan(self, preview) -> None:
         """Before a run: the curve Start would train."""
@@ -139,16 +151,35 @@ class RunPanel(ctk.CTkFrame):
         title = "learning rate: planned and used" if run.status != "idle" else "learning rate: the plan Start trains"
         self.lr_plot.update(run.planned, actual=run.actual_lrs(MAX_RUN_POINTS), title=title)
         self._plot_effective(run)
+        self._plot_losses(run)
+        self.canvas.draw_idle()
+
+    def _plot_losses(self, run: RunController) -> None:
+        """The training loss; the validation loss (and with EMA the non-EMA one) at the steps it was taken."""
         steps, losses = run.loss_points(MAX_RUN_POINTS)
+        validation = run.validation_points(MAX_RUN_POINTS)
         self._show_tick_labels(self.lr_plot.axes, True)
         self._show_tick_labels(self.loss_axes, True, y_shown=bool(steps))
         self.loss_line.set_data(steps, losses)
+        self.validation_line.set_data(*validation.get(VALIDATION_TAG, ([], [])))
+        self.non_ema_line.set_data(*validation.get(NON_EMA_VALIDATION_TAG, ([], [])))
         self.loss_axes.set_xlim(0, max(run.planned.plan.total_steps, 1))
-        if steps:
-            low, high = min(losses), max(losses)
+        values = [*losses, *(value for tag in (VALIDATION_TAG, NON_EMA_VALIDATION_TAG)
+                             for value in validation.get(tag, ([], []))[1])]
+        if values:
+            low, high = min(values), max(values)
             margin = (high - low) * 0.1 or abs(high) * 0.1 or 1.0
             self.loss_axes.set_ylim(low - margin, high + margin)
         else:
             self.loss_axes.set_ylim(0, 1)
-        self.loss_axes.set_title("loss", fontsize="medium", color=self.lr_plot.theme["foreground"])
-        self.canvas.draw_idle()
+        theme = self.lr_plot.theme
+        self.loss_axes.set_title("loss", fontsize="medium", color=theme["foreground"])
+        legend = self.loss_axes.get_legend()
+        if legend is not None:
+            legend.remove()
+        shown = [line for line in (self.loss_line, self.validation_line, self.non_ema_line) if len(line.get_xdata())]
+        if len(shown) > 1:  # the training loss alone needs no legend
+            legend = self.loss_axes.legend(handles=shown, loc="best", fontsize="small", framealpha=0.85,
+                                           facecolor=theme["legend"], edgecolor=theme["grid"])
+            for text in legend.get_texts():
+                text.set_color(theme["foreground"])
