@@ -5,6 +5,7 @@ The CLI (`scripts/preview.py`), the desktop app and the trainer's
 training schedule, not a copy of it. Pure NumPy: no torch, no GUI.
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from modules.data.concepts import resolve_concepts
 from modules.data.listing import list_images
 from modules.schedule.formatting import dataset_summary
 from modules.families.model_types import TEXT_TO_IMAGE_TYPES
+from modules.schedule.ema_decay import decay_at_update
 from modules.schedule.lr_curve import LrCurve, build_lr_curve
 from modules.schedule.step_plan import StepPlan, build_step_plan
 
@@ -145,18 +147,29 @@ def validation_lines(plan: StepPlan, listing) -> list[str]:
 
 
 def ema_lines(plan: StepPlan) -> list[str]:
-    """The EMA decay d_j (SPEC §11): where it starts, when it reaches training.ema_decay."""
+    """The EMA decay d_j (SPEC §11): where it starts, when it reaches training.ema_decay (closed form: no
+    array of every update, so a 10,000,000-step plan costs nothing here)."""
     if plan.ema_decay is None:
         return []
-    steps, decays = plan.ema_decays()
-    if not len(steps):
+    every, decay = plan.ema_update_every, plan.ema_decay
+    updates = plan.total_steps // every
+    if not updates:
         return ["  EMA               no update in this run (training.ema_update_every is longer than the run)"]
-    reached = np.flatnonzero(decays >= plan.ema_decay)
-    when = f"reaches {plan.ema_decay:g} after step {steps[reached[0]] + 1}" if len(reached) else \
-        f"ends at {decays[-1]:.4g} (below ema_decay {plan.ema_decay:g}: the run is short for it)"
-    every = plan.ema_update_every
-    return [f"  EMA               decay {decays[0]:.3g} at the first update, {when}; {len(steps)} update"
-            f"{'s' * (len(steps) != 1)} (every {every} step{'s' * (every != 1)})"]
+    reached = first_update_at(decay)
+    when = f"reaches {decay:g} after step {reached * every}" if reached <= updates else \
+        f"ends at {decay_at_update(updates, decay):.4g} (below ema_decay {decay:g}: the run is short for it)"
+    return [f"  EMA               decay {decay_at_update(1, decay):.3g} at the first update, {when}; {updates} update"
+            f"{'s' * (updates != 1)} (every {every} step{'s' * (every != 1)})"]
+
+
+def first_update_at(decay: float) -> int:
+    """The first j with d_j = min(decay, j / (9 + j)) equal to `decay`."""
+    j = max(1, math.ceil(9 * decay / (1 - decay)))
+    while j > 1 and decay_at_update(j - 1, decay) >= decay:
+        j -= 1
+    while decay_at_update(j, decay) < decay:
+        j += 1
+    return j
 
 
 def bucket_lines(plan: StepPlan, max_listed: int = 12) -> list[str]:
