@@ -54,7 +54,7 @@ class EmaPart:
         self.parameters = list(parameters)
         self.update_every = update_every
         self.model = _ema_model_class()(self.parameters, decay=decay, min_decay=0.0, update_after_step=0,
-                                        use_ema_warmup=False)
+                                        use_ema_warmup=False, foreach=True)
 
     @property
     def updates(self) -> int:

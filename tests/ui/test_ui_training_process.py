@@ -140,3 +140,27 @@ def test_resume_on_a_changed_plan_is_refused_for_the_app_and_continues_on_the_ne
     for name in planned.curve.group_names:
         logged = run.used_lrs[name][:stopped_at] + rebased.used_lrs[name]
         assert history.lrs[name] == pytest.approx(logged, rel=1e-6)  # float32 in the log
+
+
+def test_the_run_tab_receives_the_validation_losses_training_logs(tmp_path):
+    """A real run in the app's child process with validation and EMA: the Run tab's validation series are
+    TensorBoard's, step for step."""
+    from tests.training_helpers import scalar_events
+
+    preset_json = tiny_preset(tmp_path, epochs=3, ema=True, ema_decay=0.9)
+    make_images(tmp_path / "held", 2, seed=5)
+    preset_json["data"] = {"concepts": [{"path": preset_json["data"]["path"]},
+                                        {"path": str(tmp_path / "held"), "type": "validation"}]}
+    preset_json["output"].update({"validate_every": 2, "validation_timesteps": [100, 900]})
+    run = RunController()
+    run.start(build_preview(validate_preset(preset_json)), resume=False)
+    process = TrainingProcess(preset_json)
+    process.start()
+    drain(process, run)
+    assert run.status == "finished", run.log_lines
+    events = scalar_events(tmp_path / "out")
+    for tag in ("loss/validation", "loss/validation/held", "loss/validation/non_ema"):
+        steps, values = run.validation[tag]
+        assert steps == [step for step, _ in events[tag]] == [1, 3, 5], tag
+        assert values == pytest.approx([value for _, value in events[tag]], rel=1e-6)
+    assert run.validation_loss == pytest.approx(events["loss/validation"][-1][1], rel=1e-6)
