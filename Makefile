@@ -22,12 +22,13 @@ xvfb:
 		echo "note: Xvfb is not installed; the tests that open the real window will be skipped"; }
 
 # The demo starts afresh each time: output/demo, output/concepts_demo (two concepts and a
-# regularization folder), output/tiny_sd and output/text_to_image_demo are its own scratch folders. The second half builds a tiny Stable Diffusion pipeline with random weights
+# regularization folder), output/tiny_sd, output/text_to_image_demo and output/validation_ema_demo (validation
+# loss and EMA) are its own scratch folders. The second half builds a tiny Stable Diffusion pipeline with random weights
 # (there are no real weights offline) and trains the text-to-image LoRA preset on it. The demo's
 # models are tiny: one torch thread is quickest for them (and fair to a shared machine).
 demo: export OMP_NUM_THREADS = 1
 demo: setup
-	rm -rf output/demo output/tiny_sd output/text_to_image_demo output/concepts_demo
+	rm -rf output/demo output/tiny_sd output/text_to_image_demo output/concepts_demo output/validation_ema_demo
 	$(PY) scripts/preview.py training_presets/demo.json --csv output/demo/preview.csv --png output/demo/preview.png
 	$(PY) scripts/train.py training_presets/demo.json
 	$(PY) scripts/preview.py training_presets/concepts_demo.json \
@@ -37,12 +38,16 @@ demo: setup
 	$(PY) scripts/preview.py training_presets/text_to_image_demo.json \
 		--csv output/text_to_image_demo/preview.csv --png output/text_to_image_demo/preview.png
 	$(PY) scripts/train.py training_presets/text_to_image_demo.json
+	$(PY) scripts/preview.py training_presets/validation_ema_demo.json \
+		--csv output/validation_ema_demo/preview.csv --png output/validation_ema_demo/preview.png
+	$(PY) scripts/train.py training_presets/validation_ema_demo.json
 	@echo
 	@echo "Done. What the demo wrote:"
 	@echo "  LoRA files:  output/text_to_image_demo/model (pytorch_lora_weights.safetensors, lora_kohya.safetensors)"
 	@echo "  samples:     output/text_to_image_demo/samples"
 	@echo "  TensorBoard: output/demo/tensorboard, output/concepts_demo/tensorboard (data/samples/<concept>)"
 	@echo "               and output/text_to_image_demo/tensorboard"
+	@echo "  validation:  output/validation_ema_demo/tensorboard (loss/validation, ema/decay); its LoRA holds the EMA"
 	@echo "Look at the curves:  $(VENV)/bin/tensorboard --logdir output  (then open http://localhost:6006)"
 	@echo "Load the LoRA:       pipe = StableDiffusionPipeline.from_pretrained(\"output/tiny_sd\")"
 	@echo "                     pipe.load_lora_weights(\"output/text_to_image_demo/model\")"

@@ -118,3 +118,27 @@ def test_the_demo_trains_its_plan_and_leaves_both_lora_files(tiny_sd, tmp_path):
         logged = [value for _, value in events[f"lr/{group}"]]
         np.testing.assert_allclose(logged, table[:, column].astype(np.float32), rtol=0)  # TensorBoard keeps float32
     assert events["lr/text_encoder"][-1][1] == 0.0
+
+
+VALIDATION_DEMO = ROOT / "training_presets" / "validation_ema_demo.json"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_the_validation_demo_logs_validation_where_the_preview_says_and_its_lora_loads(tiny_sd, tmp_path):
+    import diffusers
+
+    preset = moved(VALIDATION_DEMO, tiny_sd, tmp_path)
+    plan = build_preview(preset).plan
+    assert plan.validation_images >= 1 and plan.ema_decay == 0.9
+    report = "\n".join(build_preview(preset).report_lines())
+    assert "validation at     3, 6, 9, 12" in report and "EMA " in report
+    result = train(preset, progress_bar=False, log=lambda message: None)
+    assert result.finished
+    events = scalar_events(tmp_path / "out")
+    assert [step for step, _ in events["loss/validation"]] == [step - 1 for step in plan.validation_steps]
+    assert len(events["loss/validation/non_ema"]) == len(plan.validation_steps)
+    final = load_file(tmp_path / "out" / "model" / "pytorch_lora_weights.safetensors")
+    pipeline = diffusers.StableDiffusionPipeline.from_pretrained(tiny_sd, local_files_only=True, safety_checker=None)
+    pipeline.load_lora_weights(tmp_path / "out" / "model")  # the EMA weights, loaded the way users load a LoRA
+    assert final and any(name.startswith("unet") for name in final)
