@@ -27,7 +27,7 @@ def run_lr_find(preset_json: dict, sweep: dict, events, stop_event) -> None:
 
         result = lr_range_test(validate_preset(preset_json), sweep["min_lr"], sweep["max_lr"], sweep["steps"],
                                on_point=lambda point: events.put(("point", _plain(point))),
-                               should_stop=stop_event.is_set)
+                               should_stop=stop_event.is_set, loss=sweep.get("loss", "train"))
         events.put(("finished", {"suggested_lr": result.suggested_lr,
                                  "suggested_optimizer_lr": result.suggested_optimizer_lr,
                                  "stop_reason": result.stop_reason, "steps": len(result.points)}))
@@ -38,9 +38,9 @@ def run_lr_find(preset_json: dict, sweep: dict, events, stop_event) -> None:
 
 
 class LrFindProcess(TrainingProcess):
-    def __init__(self, preset_json: dict, min_lr: float, max_lr: float, steps: int):
+    def __init__(self, preset_json: dict, min_lr: float, max_lr: float, steps: int, loss: str = "train"):
         super().__init__(preset_json)
-        self.sweep = {"min_lr": min_lr, "max_lr": max_lr, "steps": steps}
+        self.sweep = {"min_lr": min_lr, "max_lr": max_lr, "steps": steps, "loss": loss}
 
     def start(self) -> None:
         self._process = self._context.Process(

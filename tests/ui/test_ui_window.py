@@ -381,6 +381,20 @@ def test_find_lr_runs_in_the_background_plots_and_sets_the_suggested_lr(app, dis
     assert app.lr_find_window is None
 
 
+def test_find_lr_on_the_validation_loss_reaches_the_sweep(app, display):
+    """The loss menu's choice reaches the range test: without validation images it says what to set."""
+    app.open_lr_find()
+    window = app.lr_find_window
+    window.loss_menu.set("validation")
+    window.loss_menu._command("validation")  # what a click on the menu entry calls
+    assert app.lr_find.loss == "validation"
+    window.start_button.invoke()
+    pump(app, lambda: app.lr_find.status in ("finished", "failed"), timeout_seconds=120)
+    assert app.lr_find.status == "failed" and "validation_split" in app.lr_find.message
+    app.lr_find.loss = "train"
+    app.close_lr_find()
+
+
 def test_closing_the_app_ends_a_running_find_lr(display, tmp_path, monkeypatch):
     """The Find LR window owns its child process: destroying the app (its master) ends the sweep."""
     import ui.views.lr_find_window as lr_find_window

@@ -20,6 +20,7 @@ class LrFindController:
     min_lr: float = DEFAULT_MIN_LR
     max_lr: float = DEFAULT_MAX_LR
     steps: int = DEFAULT_STEPS
+    loss: str = "train"  # lr_range_test's LOSSES: the training loss, or the validation loss (smoother)
     status: str = "idle"
     points: list = field(default_factory=list)  # SimpleNamespace(step, lr, loss, smoothed_loss)
     suggested_lr: float | None = None
@@ -29,9 +30,10 @@ class LrFindController:
     def start(self) -> None:
         """Reset for a new sweep; ConfigError if the sweep settings are wrong."""
         check_arguments(self.min_lr, self.max_lr, self.steps)
-        self.__init__(min_lr=self.min_lr, max_lr=self.max_lr, steps=self.steps, status="running",
+        which = "" if self.loss == "train" else ", reading the validation loss"
+        self.__init__(min_lr=self.min_lr, max_lr=self.max_lr, steps=self.steps, loss=self.loss, status="running",
                       message=f"training a throw-away copy: lr {self.min_lr:g} -> {self.max_lr:g} over "
-                              f"{self.steps} steps (nothing is written to the output folder) ...")
+                              f"{self.steps} steps{which} (nothing is written to the output folder) ...")
 
     def request_stop(self) -> None:
         if self.status == "running":

@@ -26,6 +26,8 @@ from ui.views.preview_panel import is_dark, make_figure
 
 POLL_MS = 100
 PLOT_MS = 500  # after events arrived, the next poll (and redraw) waits this long
+# The loss the sweep reads (docs/validation.md: the validation loss is smoother, and needs validation images).
+LOSS_CHOICES = {"training": "train", "validation": "validation"}
 
 
 class LrFindWindow(ctk.CTkToplevel):
@@ -50,6 +52,11 @@ class LrFindWindow(ctk.CTkToplevel):
             entry = ctk.CTkEntry(settings, width=80)
             entry.pack(side="left", padx=(0, 12))
             self.entries[key] = entry
+        ctk.CTkLabel(settings, text="loss").pack(side="left", padx=(0, 4))
+        self.loss_menu = ctk.CTkOptionMenu(settings, values=list(LOSS_CHOICES), width=110,
+                                           command=lambda text: setattr(finder, "loss", LOSS_CHOICES[text]))
+        self.loss_menu.set(next(text for text, value in LOSS_CHOICES.items() if value == finder.loss))
+        self.loss_menu.pack(side="left", padx=(0, 12))
         self.start_button = ctk.CTkButton(settings, text="Start", width=90, command=self.start)
         self.stop_button = ctk.CTkButton(settings, text="Stop", width=90, command=self.stop, state="disabled")
         self.apply_button = ctk.CTkButton(settings, text="Use this LR", width=110, command=on_apply,
@@ -107,7 +114,7 @@ class LrFindWindow(ctk.CTkToplevel):
             self.show(plot=False)
             return
         preset_json = json.loads(json.dumps(preview.preset.to_json_dict()))
-        self._process = LrFindProcess(preset_json, finder.min_lr, finder.max_lr, finder.steps)
+        self._process = LrFindProcess(preset_json, finder.min_lr, finder.max_lr, finder.steps, finder.loss)
         self._process.start()
         self.show()
         self._poll_job = self.after(POLL_MS, self._poll)
