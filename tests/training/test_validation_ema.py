@@ -161,3 +161,15 @@ def test_the_same_weights_give_the_same_validation_loss_whatever_the_global_rng(
     assert evaluate(validation, accelerator, family.model) == first
     assert first["loss/validation"] == pytest.approx(float(table.mean()), rel=1e-12)
     assert family.model.training
+
+
+@pytest.mark.slow
+def test_a_final_model_written_again_from_the_last_checkpoint_holds_the_ema(tmp_path):
+    import shutil
+
+    preset = split_preset(tmp_path, "out", training={"ema": True, "ema_decay": 0.9})
+    quiet(preset)
+    written = final_weights(preset.output.dir)
+    shutil.rmtree(tmp_path / "out" / "model")
+    assert quiet(preset, resume=True).finished
+    assert_same_weights(final_weights(preset.output.dir), written)
