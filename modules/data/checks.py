@@ -12,7 +12,8 @@ counter, so it does not list the dataset through the plan).
 The dataset checks, concept by concept (`modules.data.concepts`), in listing order:
 - every image's header reads (through the size index of `modules.data.sizes`, so a re-plan of a
   large folder reads no header again): the concepts are resolved with their sizes;
-- text-to-image models: every image has a caption file (or the concept's `default_caption` is set),
+- text-to-image models: every image (held-out validation images included) has a caption file (or the
+  concept's `default_caption` is set),
   and every caption file is UTF-8 (`modules.data.captions.check_captions`); an empty one is a warning;
 - warnings naming the files: files of an unsupported image type (.tif, .gif, ...) skipped, images
   smaller than their training size (upscaled), two images sharing one caption stem (dup.jpg, dup.png),
@@ -86,8 +87,8 @@ def _concept_captions(concept) -> list[str]:
     """The caption check of one concept, its errors naming the concept's own keys."""
     settings = concept.settings
     try:
-        return check_captions([Path(path) for path in concept.files], settings.caption_extension,
-                              settings.default_caption)
+        return check_captions([Path(path) for path in (*concept.files, *concept.held_out)],
+                              settings.caption_extension, settings.default_caption)
     except ConfigError as error:
         if concept.key == "data.path":
             raise

@@ -55,3 +55,18 @@ def test_captions_are_checked_only_for_text_to_image_models(tmp_path):
     assert any(f"caption file '{images / 'image_0000.txt'}' is empty" in line for line in warnings)
     raw["output"]["sample_every"] = 1
     assert plan_error(raw).key == "output.sample_every"
+
+
+def test_a_held_out_image_without_a_caption_is_refused_before_training(tmp_path):
+    """Held-out validation images are scored with their captions: the preview checks them like the rest."""
+    from modules.data.concepts import resolve_concepts
+
+    images = make_images(tmp_path / "images", 12, size=8)
+    raw = text_to_image(tmp_path, images)
+    raw["data"]["validation_split"] = 0.3
+    (concept,) = resolve_concepts(validate_preset(raw).data)
+    assert concept.held_out
+    for path in concept.files:
+        (tmp_path / "images" / path.rsplit("/", 1)[1]).with_suffix(".txt").write_text("a photo")
+    error = plan_error(raw)
+    assert error.key == "data.path" and "have no caption file" in str(error)
