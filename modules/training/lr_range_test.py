@@ -197,7 +197,7 @@ def lr_range_test(preset: Preset, min_lr: float = DEFAULT_MIN_LR, max_lr: float 
                 outcome = optimizer_step(accelerator, model, optimizer, stream, window_of(plan, index), seed=seed,
                                          rank=0, max_grad_norm=preset.training.max_grad_norm, parameters=parameters)
                 value = float(outcome.loss) if validation is None else \
-                    evaluate(validation, accelerator, model)[VALIDATION_TAG]
+                    evaluate(validation, accelerator, model, optimizer=optimizer)[VALIDATION_TAG]
                 result.stop_reason = _record(result, index, float(lrs[index]), value, on_point)
                 bar.update(1)
                 bar.set_postfix(lr=f"{lrs[index]:.2e}", loss=f"{result.points[-1].smoothed_loss:.4f}"

@@ -377,7 +377,7 @@ def training_loop(run: Run, global_step: int, last_checkpoint, *, on_step, shoul
 
 def validate(run: Run) -> dict[str, float]:
     """The validation losses of the weights now, on every process (`modules.training.validation`)."""
-    return evaluate(run.validation, run.accelerator, run.model, run.ema)
+    return evaluate(run.validation, run.accelerator, run.model, run.ema, run.optimizer)
 
 
 def log_concept_samples(run: Run, step: int) -> None:

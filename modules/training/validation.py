@@ -12,7 +12,8 @@ At a validation step the loss of every image at every timestep of
 `output.validation_timesteps` is one micro-batch of one sample through
 `modules.training.step.loss_with_generator` (the training step's own loss
 code, under the same autocast), with the model in eval mode (no LoRA
-dropout) and no gradient. Its noise (and the VAE's latent sample) comes from
+dropout), no gradient, and a schedule-free optimizer's eval-mode weights (the
+average its checkpoints and final model hold). Its noise (and the VAE's latent sample) comes from
 a generator seeded by (seed, VALIDATION_STREAM, the image's content key,
 timestep): no training generator and no global RNG is touched, so a run with
 validation trains exactly the weights of the same run without it.
@@ -30,6 +31,7 @@ the text-embedding cache, the validation captions are cached with the
 training captions (`captions`).
 """
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,18 +175,23 @@ def build_validation_set(preset, plan, family, rank: int, world: int) -> Validat
     return validation
 
 
-def evaluate(validation: ValidationSet, accelerator, model, ema=None) -> dict[str, float]:
+def evaluate(validation: ValidationSet, accelerator, model, ema=None, optimizer=None) -> dict[str, float]:
     """The validation losses of the model as it is now: with an EMA, of the EMA weights (and the trained
-    weights' as NON_EMA_TAG). The model goes back to train mode after."""
+    weights' as NON_EMA_TAG); with a schedule-free `optimizer`, of its eval-mode weights (the averaged x,
+    what its checkpoints and final model hold). The model goes back to train mode after, its weights
+    bit for bit."""
+    from modules.training.optimizers import schedule_free_eval
+
     loss_model = accelerator.unwrap_model(model)
-    loss_model.eval()
     try:
-        if ema is None:
-            return validation.means(validation.loss_table(accelerator, loss_model))
-        trained = validation.loss_table(accelerator, loss_model)
-        with ema.applied():
-            result = validation.means(validation.loss_table(accelerator, loss_model))
-        result.update(validation.means(trained, NON_EMA_TAG))
-        return result
+        with schedule_free_eval(optimizer, loss_model) if optimizer is not None else nullcontext():
+            loss_model.eval()
+            if ema is None:
+                return validation.means(validation.loss_table(accelerator, loss_model))
+            trained = validation.loss_table(accelerator, loss_model)
+            with ema.applied():
+                result = validation.means(validation.loss_table(accelerator, loss_model))
+            result.update(validation.means(trained, NON_EMA_TAG))
+            return result
     finally:
         loss_model.train()

@@ -173,3 +173,27 @@ def test_a_final_model_written_again_from_the_last_checkpoint_holds_the_ema(tmp_
     shutil.rmtree(tmp_path / "out" / "model")
     assert quiet(preset, resume=True).finished
     assert_same_weights(final_weights(preset.output.dir), written)
+
+
+@pytest.mark.slow
+def test_schedule_free_validation_scores_the_eval_weights_the_final_model_holds_and_changes_no_weight(tmp_path):
+    from modules.families.base import build_family
+    from modules.schedule.step_plan import build_step_plan
+    from modules.training.trainer import make_accelerator
+    from modules.training.validation import build_validation_set, evaluate
+
+    common = {"optimizer": {"type": "adamw_schedule_free", "param_groups": []},
+              "scheduler": {"type": "constant", "warmup": 2}, "data": {"validation_split": 0.3}}
+    plain = tiny_preset(tmp_path, images=9, out="plain", **common)
+    validated = tiny_preset(tmp_path, images=9, out="validated", output=VALIDATION, **common)
+    quiet(plain), quiet(validated)
+    assert_same_weights(final_weights(plain.output.dir), final_weights(validated.output.dir))
+
+    plan = build_step_plan(validated)
+    family = build_family(validated, plan)
+    family.load_trainable_state_dict(final_weights(validated.output.dir))  # the eval-mode (averaged) weights
+    validation = build_validation_set(validated, plan, family, 0, 1)
+    accelerator = make_accelerator(validated)
+    validation.prepare(family, accelerator)
+    logged = scalar_events(validated.output.dir)["loss/validation"][-1][1]
+    assert evaluate(validation, accelerator, family.model)["loss/validation"] == pytest.approx(logged, rel=1e-6)
