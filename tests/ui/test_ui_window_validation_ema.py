@@ -102,3 +102,29 @@ def test_the_run_tab_draws_the_validation_loss_on_the_lr_step_axis(app, display)
     assert legend_texts == ["loss/train", "loss/validation", "loss/validation/non_ema"]
     assert "validation loss 0.3650" in panel.values_label.cget("text")
     screenshot(app, display, "run_tab_validation_ema.png")
+
+
+def test_the_run_tab_draws_each_validation_concept_when_there_are_several(app, display):
+    select_tab(app, "Run")
+    run, panel = app.run_tab.run, app.run_tab.panel
+    preview = app.preview_state.preview
+    run.start(preview, resume=False)
+    for k in range(14):
+        validation = None
+        if k + 1 in preview.plan.validation_steps:
+            validation = {"loss/validation": 0.5, "loss/validation/cat": 0.4 - k / 100,
+                          "loss/validation/style": 0.6 + k / 100}
+        run.handle(("step", {"step": k, "total_steps": 42, "epoch": k // 7, "loss": 0.6, "lrs": {"unet": 1e-4},
+                             "elapsed_seconds": k + 1.0, "eta_seconds": 1.0, "validation": validation,
+                             "ema_decay": None}))
+    panel.plot(run)
+    settle(app, 0.2)
+    assert sorted(panel.concept_lines) == ["loss/validation/cat", "loss/validation/style"]
+    colors = [line.get_color() for line in (panel.loss_line, panel.validation_line, *panel.concept_lines.values())]
+    assert len(set(colors)) == len(colors)  # each line tells itself apart
+    np.testing.assert_allclose(panel.concept_lines["loss/validation/style"].get_ydata(), [0.66, 0.73])
+    low, high = panel.loss_axes.get_ylim()
+    assert low < 0.34 and high > 0.73  # the concepts' values are inside the view
+    legend_texts = [text.get_text() for text in panel.loss_axes.get_legend().get_texts()]
+    assert legend_texts[-2:] == ["loss/validation/cat", "loss/validation/style"]
+    screenshot(app, display, "run_tab_validation_concepts.png")

@@ -5,7 +5,8 @@ progress bar, `plot(run)` redraws the planned LR curve with the LR really
 used at each step over it (`PreviewPlot.update(actual=...)`) and the loss
 beside it, on the same step axis: the training loss, and where validation
 ran (SPEC §11) the validation loss at those steps, with EMA also the
-trained weights' (non-EMA) validation loss, lighter. The buttons call the injected callbacks; "Continue on the new
+trained weights' (non-EMA) validation loss, lighter, and with two validation concepts or
+more each concept's loss, dotted. The buttons call the injected callbacks; "Continue on the new
 plan" appears only after Resume was refused because the plan changed.
 """
 
@@ -21,6 +22,7 @@ from ui.views.fields_panel import ERROR_COLOR
 from ui.views.preview_panel import PREVIEW_LINE_POINTS, is_dark, make_figure
 
 MAX_RUN_POINTS = 3000  # steps drawn while training; a longer run is thinned evenly for the plot
+MAX_CONCEPT_LINES = 6  # validation concepts drawn one by one in the loss plot (the rest: in TensorBoard)
 
 
 class RunPanel(ctk.CTkFrame):
@@ -63,6 +65,7 @@ class RunPanel(ctk.CTkFrame):
         (self.validation_line,) = self.loss_axes.plot([], [], "o-", lw=1.4, ms=4, label="loss/validation")
         (self.non_ema_line,) = self.loss_axes.plot([], [], "o--", lw=1.0, ms=3, alpha=0.45,
                                                    label="loss/validation/non_ema")
+        self.concept_lines: dict[str, object] = {}  # loss/validation/<concept> -> its line (2 concepts or more)
         self.loss_axes.set_xlabel("optimizer step")
         self.loss_axes.set_ylabel("loss")
         use_step_ticks(self.loss_axes.xaxis)
@@ -154,6 +157,23 @@ class RunPanel(ctk.CTkFrame):
         self._plot_losses(run)
         self.canvas.draw_idle()
 
+    def _plot_concepts(self, validation: dict) -> None:
+        """With two validation concepts or more (up to MAX_CONCEPT_LINES), each concept's loss, thin and
+        dotted in its own colour; with one, it is the validation loss itself and is not drawn again."""
+        prefix = VALIDATION_TAG + "/"
+        tags = [tag for tag in validation if tag.startswith(prefix) and tag != NON_EMA_VALIDATION_TAG]
+        tags = tags[:MAX_CONCEPT_LINES] if len(tags) > 1 else []
+        for tag in [tag for tag in self.concept_lines if tag not in tags]:
+            self.concept_lines.pop(tag).remove()
+        theme = self.lr_plot.theme
+        taken = {theme["validation"], self.loss_line.get_color()}  # never a colour another loss line has
+        colors = [color for color in theme["colors"][1:] if color not in taken]
+        for index, tag in enumerate(tags):
+            if tag not in self.concept_lines:
+                (self.concept_lines[tag],) = self.loss_axes.plot([], [], ".:", lw=0.9, ms=3, label=tag)
+            self.concept_lines[tag].set_color(colors[index % len(colors)])
+            self.concept_lines[tag].set_data(*validation[tag])
+
     def _plot_losses(self, run: RunController) -> None:
         """The training loss; the validation loss (and with EMA the non-EMA one) at the steps it was taken."""
         steps, losses = run.loss_points(MAX_RUN_POINTS)
@@ -163,8 +183,9 @@ class RunPanel(ctk.CTkFrame):
         self.loss_line.set_data(steps, losses)
         self.validation_line.set_data(*validation.get(VALIDATION_TAG, ([], [])))
         self.non_ema_line.set_data(*validation.get(NON_EMA_VALIDATION_TAG, ([], [])))
+        self._plot_concepts(validation)
         self.loss_axes.set_xlim(0, max(run.planned.plan.total_steps, 1))
-        values = [*losses, *(value for tag in (VALIDATION_TAG, NON_EMA_VALIDATION_TAG)
+        values = [*losses, *(value for tag in (VALIDATION_TAG, NON_EMA_VALIDATION_TAG, *self.concept_lines)
                              for value in validation.get(tag, ([], []))[1])]
         if values:
             low, high = min(values), max(values)
@@ -177,7 +198,8 @@ class RunPanel(ctk.CTkFrame):
         legend = self.loss_axes.get_legend()
         if legend is not None:
             legend.remove()
-        shown = [line for line in (self.loss_line, self.validation_line, self.non_ema_line) if len(line.get_xdata())]
+        shown = [line for line in (self.loss_line, self.validation_line, self.non_ema_line,
+                                   *self.concept_lines.values()) if len(line.get_xdata())]
         if len(shown) > 1:  # the training loss alone needs no legend
             legend = self.loss_axes.legend(handles=shown, loc="best", fontsize="small", framealpha=0.85,
                                            facecolor=theme["legend"], edgecolor=theme["grid"])
