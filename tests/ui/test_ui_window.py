@@ -16,12 +16,6 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 @pytest.fixture
 def app(display, tmp_path):
-    import customtkinter as ctk
-
-    from ui.app import App
-    from ui.controllers.preset_draft import PresetDraft
-
-    ctk.set_appearance_mode("light")
     raw = {
         "version": 1,
         "model": {"config": "tiny", "resolution": 16},
@@ -31,6 +25,18 @@ def app(display, tmp_path):
         "scheduler": {"type": "cosine_with_hard_restarts", "warmup": 2, "cycles": 2, "min_factor": 0.1},
         "output": {"dir": str(tmp_path / "out"), "checkpoint_every": "1 epochs"},
     }
+    yield from open_app(raw)
+
+
+def open_app(raw: dict):
+    """The app on preset `raw`, light, 1280x800, its first preview drawn; yielded, then closed (a training it
+    started is killed)."""
+    import customtkinter as ctk
+
+    from ui.app import App
+    from ui.controllers.preset_draft import PresetDraft
+
+    ctk.set_appearance_mode("light")
     window = App(PresetDraft(raw))
     window.geometry("1280x800+0+0")
     pump(window, lambda: window.preview_state is not None and window.preview_state.fresh)

@@ -7,7 +7,7 @@ Screenshots go to test-artifacts/ for a person to look at.
 import numpy as np
 import pytest
 from tests.conftest import make_images
-from tests.ui.test_ui_window import pump, screenshot, select_tab, settle, type_into
+from tests.ui.test_ui_window import open_app, pump, screenshot, select_tab, settle, type_into
 
 from ui.curve_plot import EMA_LABEL
 
@@ -16,12 +16,6 @@ pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 @pytest.fixture
 def app(display, tmp_path):
-    import customtkinter as ctk
-
-    from ui.app import App
-    from ui.controllers.preset_draft import PresetDraft
-
-    ctk.set_appearance_mode("light")
     raw = {
         "version": 1,
         "model": {"config": "tiny", "resolution": 16},
@@ -31,11 +25,7 @@ def app(display, tmp_path):
         "scheduler": {"type": "cosine", "warmup": "1 epochs", "min_factor": 0.1},
         "output": {"dir": str(tmp_path / "out"), "checkpoint_every": "2 epochs", "validate_every": "1 epochs"},
     }
-    window = App(PresetDraft(raw))
-    window.geometry("1280x800+0+0")
-    pump(window, lambda: window.preview_state is not None and window.preview_state.fresh)
-    yield window
-    window.destroy()
+    yield from open_app(raw)
 
 
 def labels(plot) -> dict:
@@ -76,21 +66,28 @@ def test_the_scheduler_tab_ticks_validation_and_draws_the_ema_decay_live(app, di
     screenshot(app, display, "scheduler_tab_validation_only.png")
 
 
-def test_the_run_tab_draws_the_validation_loss_on_the_lr_step_axis(app, display):
-    """A run's reports, as the training child sends them (the trainer's validation is not needed here)."""
+def feed_steps(app, steps: int, validation_at, loss_at):
+    """The Run tab's controller fed `steps` step reports as the training child sends them, with
+    `validation_at(k)` on the plan's validation steps; (run controller, run panel)."""
     select_tab(app, "Run")
     run, panel = app.run_tab.run, app.run_tab.panel
     preview = app.preview_state.preview
     run.start(preview, resume=False)
-    rng = np.random.default_rng(0)
-    for k in range(30):
-        validation = None
-        if k + 1 in preview.plan.validation_steps:
-            validation = {"loss/validation": 0.5 - k / 200, "loss/validation/non_ema": 0.55 - k / 250,
-                          "loss/validation/images": 0.5 - k / 200}
-        run.handle(("step", {"step": k, "total_steps": 42, "epoch": k // 7, "loss": 0.6 - k / 150 + rng.normal(0, 0.03),
+    for k in range(steps):
+        validation = validation_at(k) if k + 1 in preview.plan.validation_steps else None
+        run.handle(("step", {"step": k, "total_steps": 42, "epoch": k // 7, "loss": loss_at(k),
                              "lrs": {"unet": float(preview.curve.effective_lrs(k)[0])}, "elapsed_seconds": k + 1.0,
                              "eta_seconds": 42.0 - k, "validation": validation, "ema_decay": None}))
+    return run, panel
+
+
+def test_the_run_tab_draws_the_validation_loss_on_the_lr_step_axis(app, display):
+    """A run's reports, as the training child sends them (the trainer's validation is not needed here)."""
+    rng = np.random.default_rng(0)
+    run, panel = feed_steps(app, 30, lambda k: {"loss/validation": 0.5 - k / 200,
+                                                "loss/validation/non_ema": 0.55 - k / 250,
+                                                "loss/validation/images": 0.5 - k / 200},
+                            lambda k: 0.6 - k / 150 + rng.normal(0, 0.03))
     panel.show(run)
     panel.plot(run)
     settle(app, 0.5)
@@ -105,18 +102,8 @@ def test_the_run_tab_draws_the_validation_loss_on_the_lr_step_axis(app, display)
 
 
 def test_the_run_tab_draws_each_validation_concept_when_there_are_several(app, display):
-    select_tab(app, "Run")
-    run, panel = app.run_tab.run, app.run_tab.panel
-    preview = app.preview_state.preview
-    run.start(preview, resume=False)
-    for k in range(14):
-        validation = None
-        if k + 1 in preview.plan.validation_steps:
-            validation = {"loss/validation": 0.5, "loss/validation/cat": 0.4 - k / 100,
-                          "loss/validation/style": 0.6 + k / 100}
-        run.handle(("step", {"step": k, "total_steps": 42, "epoch": k // 7, "loss": 0.6, "lrs": {"unet": 1e-4},
-                             "elapsed_seconds": k + 1.0, "eta_seconds": 1.0, "validation": validation,
-                             "ema_decay": None}))
+    run, panel = feed_steps(app, 14, lambda k: {"loss/validation": 0.5, "loss/validation/cat": 0.4 - k / 100,
+                                                "loss/validation/style": 0.6 + k / 100}, lambda k: 0.6)
     panel.plot(run)
     settle(app, 0.2)
     assert sorted(panel.concept_lines) == ["loss/validation/cat", "loss/validation/style"]
