@@ -97,6 +97,16 @@ class SampleSpec:
     image: int = -1                  # its index into the dataset's files (not part of a cache key)
 
 
+def sample_spec(path: Path, size: tuple[int, int], target: tuple[int, int], flip: bool = False,
+                image: int = -1) -> SampleSpec:
+    """The spec of `path` trained at `target`; `size` and `target` are (width, height), as the size index and
+    the buckets give them: resized to cover the target, centre-cropped."""
+    (width, height), (target_width, target_height) = size, target
+    (resized_width, resized_height), crop = cover_and_crop((width, height), (target_width, target_height))
+    return SampleSpec(Path(path), (height, width), (target_height, target_width), (resized_height, resized_width),
+                      crop, flip, image)
+
+
 def decode(path: Path, target_size: tuple[int, int],
            expected_size: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
     """(RGB uint8 array (height, width, 3) of `target_size`, original (height, width), crop (top, left)).
@@ -258,14 +268,8 @@ class ImageDataset:
             rng = np.random.default_rng(micro_batch_seed(seed, global_micro_batch, rank, FLIP_STREAM))
             flips = [bool(draw < 0.5) and self.concepts[self.image_concept[image]].settings.flip
                      for image, draw in zip(images, rng.random(len(images)))]
-        specs = []
-        for image, flip in zip(images, flips):
-            width, height = self.sizes[image]
-            target_width, target_height = self.bucket_sizes[self.image_buckets[image]]
-            (resized_width, resized_height), crop = cover_and_crop((width, height), (target_width, target_height))
-            specs.append(SampleSpec(self.paths[image], (height, width), (target_height, target_width),
-                                    (resized_height, resized_width), crop, bool(flip), image))
-        return specs
+        return [sample_spec(self.paths[image], self.sizes[image], self.bucket_sizes[self.image_buckets[image]],
+                            bool(flip), image) for image, flip in zip(images, flips)]
 
     def sample_captions(self, specs: list[SampleSpec], seed: int, global_micro_batch: int, rank: int) -> list[str]:
         """Each sample's caption, its concept's caption options applied (`transform_caption`), drawn

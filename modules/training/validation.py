@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 from modules.data.batch import MicroBatch
-from modules.data.buckets import assign_buckets, bucket_resolutions, cover_and_crop
+from modules.data.buckets import assign_buckets, bucket_resolutions
 from modules.data.captions import load_captions
 from modules.data.concepts import resolve_concepts
-from modules.data.datasets import SampleSpec, sample_pixels
+from modules.data.datasets import SampleSpec, sample_pixels, sample_spec
 from modules.data.sizes import image_sizes
 from modules.data.validation_split import image_key
 from modules.errors import ConfigError
@@ -76,12 +76,9 @@ def validation_images(preset, takes_captions: bool) -> list[ValidationImage]:
         settings = concept.settings
         captions = (load_captions([Path(path) for path in files], settings.caption_extension,
                                   settings.default_caption) if takes_captions else {})
-        for path, (width, height), (target_width, target_height) in zip(files, sizes, targets):
-            (resized_width, resized_height), crop = cover_and_crop((width, height), (target_width, target_height))
-            spec = SampleSpec(Path(path), (height, width), (target_height, target_width),
-                              (resized_height, resized_width), crop, False)
-            images.append(ValidationImage(spec, concept.name, captions.get(Path(path)), concept.loss_weight,
-                                          image_key(path)))
+        for path, size, target in zip(files, sizes, targets):
+            images.append(ValidationImage(sample_spec(path, size, target), concept.name, captions.get(Path(path)),
+                                          concept.loss_weight, image_key(path)))
     return images
 
 
