@@ -73,7 +73,7 @@ class StepPlan:
     @property
     def validation_images(self) -> int:
         """Images the validation loss is taken over: every validation concept's and every held-out one."""
-        return sum(row.images if row.type == "validation" else row.held_out for row in self.concepts)
+        return validation_image_count(self.concepts)
 
     def ema_decays(self):
         """(steps k, 0-based, after which the EMA is updated; d_j of those updates) (`modules.schedule.ema_decay`)."""
@@ -197,14 +197,18 @@ def _plan_extras(preset: Preset, counts: StepCounts) -> dict:
     }
 
 
+def validation_image_count(rows) -> int:
+    """Every validation concept's images and every image held out of a train concept (ConceptRows)."""
+    return sum(row.images if row.type == "validation" else row.held_out for row in rows)
+
+
 def validation_steps(preset: Preset, counts: StepCounts):
     """Every output.validate_every and the last step; () when it is not set. ConfigError when it is set but
     no image is held out for validation."""
     every = preset.output.validate_every
     if every is None:
         return ()
-    images = sum(row.images if row.type == "validation" else row.held_out for row in counts.concepts)
-    if images == 0:
+    if validation_image_count(counts.concepts) == 0:
         raise ConfigError("is set, but there is no validation image: add a concept of type 'validation' or set "
                           "data.validation_split", "output.validate_every")
     return counts.interval_steps(every, "output.validate_every", final=True)

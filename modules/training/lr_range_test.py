@@ -130,15 +130,13 @@ def sweep_plan(preset: Preset, steps: int):
     return build_step_plan(preset.model_copy(update={"training": training}))
 
 
-def sweep_validation(preset: Preset, family, accelerator) -> ValidationSet:
-    """The validation images of `preset`, prepared; ConfigError when there are none."""
+def sweep_validation(preset: Preset, family) -> ValidationSet:
+    """The validation images of `preset` (not prepared yet); ConfigError when there are none."""
     images = validation_images(preset, family.descriptor().takes_captions)
     if not images:
         raise ConfigError("--loss validation needs validation images: set data.validation_split or add a concept "
                           "of type 'validation'", "data.validation_split")
-    validation = ValidationSet(images, preset.output.validation_timesteps, preset.training.seed, 0, 1)
-    validation.prepare(family, accelerator)
-    return validation
+    return ValidationSet(images, preset.output.validation_timesteps, preset.training.seed, 0, 1)
 
 
 def set_up_sweep(preset: Preset, steps: int, progress_bar: bool, loss: str = "train"):
@@ -156,11 +154,11 @@ def set_up_sweep(preset: Preset, steps: int, progress_bar: bool, loss: str = "tr
     optimizer = build_optimizer(family.model, preset, 0, family.parameter_components(),
                                 (curve.group_names, curve.base_lrs))
     model, optimizer = accelerator.prepare(family.model, optimizer)
-    captions = [image.caption for image in validation_images(preset, family.descriptor().takes_captions)
-                if image.caption is not None] if loss == "validation" else []
+    validation = sweep_validation(preset, family) if loss == "validation" else None
     prepare_caches(preset, family, dataset, plan, 0, 0, accelerator,
-                   lambda message: None, progress_bar, captions)
-    validation = sweep_validation(preset, family, accelerator) if loss == "validation" else None
+                   lambda message: None, progress_bar, validation.captions if validation else ())
+    if validation is not None:  # before the caches may move the VAE off the device
+        validation.prepare(family, accelerator)
     release_cached_components(preset, family, accelerator, lambda message: None)
     seed_process_rng(preset.training.seed, 0)
     parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
