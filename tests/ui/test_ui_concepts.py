@@ -157,6 +157,22 @@ def test_a_kohya_folder_concept_is_previewed_as_its_subfolders(tmp_path):
     state = draft.wait_for_images()
     assert "two concepts are named 'mychar'" in state.error
 
+def test_the_apps_concept_preview_holds_out_what_training_holds_out(three_folders):
+    """data.validation_split with data.concepts: the app's per-concept listing splits as the trainer's plan does,
+    and a new split is listed again."""
+    from modules.schedule.step_plan import build_step_plan
+
+    draft = make_draft({"concepts": [{"path": str(folder)} for folder in three_folders]})
+    draft.wait_for_images()
+    for split in ("0.3", "0.5"):
+        draft.set_text("data.validation_split", split)
+        state = draft.wait_for_images()
+        assert state.error is None, state.error
+        trained = build_step_plan(state.preset)  # what the trainer plans for the same settings
+        assert state.preview.plan.concepts == trained.concepts
+        assert state.preview.plan.validation_images == trained.validation_images > 0
+
+
 # --- the real panel under Xvfb -----------------------------------------------------------------------------
 
 @pytest.mark.gui

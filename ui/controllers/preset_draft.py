@@ -170,11 +170,12 @@ class UnknownKey:
         return f"{self.key} (did you mean '{self.suggestion}'?)" if self.suggestion else self.key
 
 
-def _resolve_one_concept(concept: ConceptSection, index: int, layout: str) -> list:
-    """Concept `index` resolved alone (its kohya subfolders too, with every image size), its keys and
-    errors naming `data.concepts.<index>`."""
+def _resolve_one_concept(concept: ConceptSection, index: int, layout: str, validation_split: float = 0.0) -> list:
+    """Concept `index` resolved alone (its kohya subfolders too, with every image size, its held-out
+    validation images split off), its keys and errors naming `data.concepts.<index>`."""
     try:
-        found = resolve_concepts(DataSection(concepts=[concept], layout=layout), read_sizes=True)
+        found = resolve_concepts(DataSection(concepts=[concept], layout=layout, validation_split=validation_split),
+                                 read_sizes=True)
     except ConfigError as error:
         key = (error.key or "").replace("data.concepts.0", f"data.concepts.{index}", 1) or None
         raise ConfigError(error.args[0], key) from None
@@ -567,16 +568,17 @@ class PresetDraft:
 
     def _resolved_concepts(self, preset: Preset) -> list:
         """`modules.data.concepts.resolve_concepts` of the preset, one concept at a time, each cached by its
-        settings, index, layout and folder (its modification time): an edit of one concept lists only its
+        settings, index, layout, validation split and folder (its modification time): an edit of one concept lists only its
         folder again, an edit elsewhere none (the counter has read every header into the size index).
         The cache keeps only the entries of the newest preset, so typing never piles up listings."""
         data, resolved, used = preset.data, [], {}
         for index, concept in enumerate(data.concept_list()):
-            cache_key = (index, concept.model_dump_json(), data.layout, folder_key(concept.path))
+            cache_key = (index, concept.model_dump_json(), data.layout, data.validation_split,
+                         folder_key(concept.path))
             with self._resolved_lock:
                 found = self._resolved.get(cache_key)
             if found is None:
-                found = _resolve_one_concept(concept, index, data.layout)
+                found = _resolve_one_concept(concept, index, data.layout, data.validation_split)
             used[cache_key] = found
             resolved.extend(found)
         with self._resolved_lock:
